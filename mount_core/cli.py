@@ -1,0 +1,124 @@
+"""The ``hepvol`` command.
+
+Core commands live here; each front registers its own subcommand through
+:data:`FRONTS` and is imported only when chosen (a FlexVolume call must not pay for
+gRPC or Flask imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+from mount_core import config as config_module
+from mount_core.errors import HepvolError
+
+#: (subcommand, module, help). The module has ``add_arguments(parser)`` and
+#: ``run(args, config) -> int``.
+FRONTS: list[tuple[str, str, str]] = [
+    ("demo", "mount_core.demo", "serve a sample repository through the core and show it"),
+]
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "state_dir": args.state_dir,
+        "mount_root": args.mount_root,
+        "target_roots": tuple(args.target_root) if args.target_root else None,
+        "log_level": args.log_level,
+    }
+    if args.local_root:
+        found["local"] = {"root": args.local_root}
+    return found
+
+
+def load_config(args: argparse.Namespace) -> config_module.Config:
+    return config_module.load(args.config, overrides=_overrides(args))
+
+
+def _manager(args: argparse.Namespace) -> Any:
+    from mount_core.manager import MountManager
+
+    return MountManager(load_config(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mount_core import status
+
+    statuses = _manager(args).status()
+    if args.json:
+        print(json.dumps(status.as_json(statuses), indent=2, sort_keys=True))
+    else:
+        print(status.as_table(statuses))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    report = _manager(args).reconcile()
+    print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    return 1 if report.failed else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    done = manager.gc_idle()
+    print(json.dumps({"unmounted_idle": done}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hepvol",
+        description="CVMFS and EOS volumes for Docker, Kubernetes FlexVolume and CSI.",
+    )
+    parser.add_argument("--config", help="TOML config file (default $HEPVOL_CONFIG or "
+                        f"{config_module.DEFAULT_FILE})")  # fmt: skip
+    parser.add_argument("--state-dir", help="state directory (ledger, locks, logs)")
+    parser.add_argument("--mount-root", help="where backing mounts are made")
+    parser.add_argument("--local-root", help="repositories root of the local backend")
+    parser.add_argument("--target-root", action="append",
+                        help="allowed target root (repeat for several)")  # fmt: skip
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    status = commands.add_parser("status", help="backing mounts, conditions and consumers")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+    commands.add_parser(
+        "reconcile", help="make the ledger and the mount table agree (safe at any time)"
+    ).set_defaults(handler=cmd_reconcile)
+    commands.add_parser(
+        "gc", help="unmount backing mounts idle for longer than idle_unmount_seconds"
+    ).set_defaults(handler=cmd_gc)
+
+    for name, module, text in FRONTS:
+        sub = commands.add_parser(name, help=text)
+        sub.set_defaults(front_module=module)
+        importlib.import_module(module).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "front_module"):
+            from mount_core import logs
+
+            config = load_config(args)
+            logs.configure(config.log_level)
+            result: int = importlib.import_module(args.front_module).run(args, config)
+            return result
+        handler_result: int = args.handler(args)
+        return handler_result
+    except HepvolError as exc:
+        print(f"hepvol: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

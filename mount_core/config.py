@@ -1,0 +1,198 @@
+"""The one configuration object: defaults < TOML file < environment < flags.
+
+The file is ``$HEPVOL_CONFIG`` or ``/etc/hepvol/config.toml`` (absent is fine).
+Every key has an environment override ``HEPVOL_<KEY>`` (sections joined with
+``_``, e.g. ``HEPVOL_LOCAL_ROOT``). Unknown keys are refused so that a typo in a
+config file is an error at start-up, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mount_core.errors import ConfigError
+
+DEFAULT_FILE = "/etc/hepvol/config.toml"
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """The embedded read-only FUSE backend."""
+
+    root: str = "/var/lib/hepvol/repositories"
+
+
+@dataclass(frozen=True)
+class CvmfsConfig:
+    """How CVMFS repositories are served on this node."""
+
+    client: str = "local"
+    automount: bool = False
+    root: str = "/cvmfs"
+    config_dir: str = "/etc/cvmfs"
+    mount_helper: str = "/sbin/mount.cvmfs"
+    cvmfs2: str = "/usr/bin/cvmfs2"
+    automount_program: str = "/usr/sbin/automount"
+    automount_timeout_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class EosConfig:
+    """How EOS instances are served on this node."""
+
+    client: str = "local"
+    eosxd: str = "/usr/bin/eosxd"
+    config_dir: str = "/etc/eos"
+    instances: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by the core, every front and the CLI."""
+
+    state_dir: str = "/var/lib/hepvol"
+    mount_root: str = "/var/lib/hepvol/mounts"
+    target_roots: tuple[str, ...] = ("/var/lib/kubelet",)
+    idle_unmount_seconds: float = 0.0
+    health_interval_seconds: float = 10.0
+    mount_timeout_seconds: float = 30.0
+    lock_timeout_seconds: float = 60.0
+    probe_timeout_seconds: float = 2.0
+    log_level: str = "INFO"
+    local: LocalConfig = field(default_factory=LocalConfig)
+    cvmfs: CvmfsConfig = field(default_factory=CvmfsConfig)
+    eos: EosConfig = field(default_factory=EosConfig)
+
+    @property
+    def ledger_path(self) -> str:
+        return os.path.join(self.state_dir, "ledger.db")
+
+    def validate(self) -> Config:
+        """Check cross-field rules; returns self for chaining."""
+        for name in ("state_dir", "mount_root"):
+            _absolute(name, getattr(self, name))
+        _absolute("local.root", self.local.root)
+        _absolute("cvmfs.root", self.cvmfs.root)
+        if not self.target_roots:
+            raise ConfigError("target_roots is empty: give at least one directory for targets")
+        for root in self.target_roots:
+            _absolute("target_roots", root)
+            for owned in (self.mount_root, self.state_dir):
+                if _inside(root, owned) or _inside(owned, root):
+                    raise ConfigError(
+                        f"target_roots entry {root!r} overlaps {owned!r}: "
+                        "targets must live apart from hepvol's own directories"
+                    )
+        if self.cvmfs.client not in ("local", "cvmfs2"):
+            raise ConfigError(f"cvmfs.client is {self.cvmfs.client!r}: use 'local' or 'cvmfs2'")
+        if self.eos.client not in ("local", "eosxd"):
+            raise ConfigError(f"eos.client is {self.eos.client!r}: use 'local' or 'eosxd'")
+        for name in ("idle_unmount_seconds", "health_interval_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more")
+        for name in ("mount_timeout_seconds", "lock_timeout_seconds", "probe_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be more than 0")
+        return self
+
+
+def _absolute(name: str, value: str) -> None:
+    if not value.startswith("/") or "\x00" in value or "\n" in value:
+        raise ConfigError(f"{name} must be an absolute path, got {value!r}")
+
+
+def _inside(child: str, parent: str) -> bool:
+    child, parent = os.path.normpath(child), os.path.normpath(parent)
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a file/env/flag value to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if isinstance(default, int | float):
+            return type(default)(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(p for p in value.split(":") if p)
+            return tuple(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"config key {name} has a bad value {value!r} (expected {type(default).__name__})"
+        ) from None
+    return value
+
+
+def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
+    known = {f.name: f for f in fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {prefix}{key}; known keys: {', '.join(sorted(known))}"
+            )
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {prefix}{key} must be a table")
+            changes[key] = _apply(current, value, f"{prefix}{key}.")
+        elif key == "instances":
+            changes[key] = tuple(dict(v) for v in value)
+        else:
+            changes[key] = _coerce(prefix + key, value, current)
+    return replace(obj, **changes)
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for f in fields(Config):
+        default = getattr(Config(), f.name)
+        if is_dataclass(default):
+            for sub in fields(default):
+                var = f"HEPVOL_{f.name}_{sub.name}".upper()
+                if var in env and sub.name != "instances":
+                    found.setdefault(f.name, {})[sub.name] = env[var]
+        else:
+            var = f"HEPVOL_{f.name}".upper()
+            if var in env:
+                found[f.name] = env[var]
+    return found
+
+
+def load(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration. ``overrides`` are CLI flags (nested dicts for sections)."""
+    env = os.environ if env is None else env
+    config = Config()
+    file_path = path or env.get("HEPVOL_CONFIG") or DEFAULT_FILE
+    if Path(file_path).exists():
+        try:
+            with open(file_path, "rb") as handle:
+                config = _apply(config, tomllib.load(handle))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
+    elif path or env.get("HEPVOL_CONFIG"):
+        raise ConfigError(f"config file {file_path} does not exist")
+    config = _apply(config, _from_environment(env))
+    if overrides:
+        config = _apply(config, {k: v for k, v in overrides.items() if v is not None})
+    assert isinstance(config, Config)
+    return config.validate()

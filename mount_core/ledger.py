@@ -1,0 +1,327 @@
+"""The ledger: the persistent record of backing mounts, consumers and named volumes.
+
+One SQLite database in WAL mode, shared by every hepvol process on the node (the
+Docker and CSI daemons, each FlexVolume call, the CLI). Writes run in ``BEGIN
+IMMEDIATE`` transactions; WAL with ``synchronous=NORMAL`` keeps every committed
+transaction across a ``kill -9`` of any process (only a power cut can lose the
+last few). The reference count of a backing mount is the number of its consumer
+rows — it is never stored, so it cannot drift.
+
+Consumer rows carry a state that records intent before the kernel is touched:
+``binding`` (row written, bind not yet confirmed) → ``active``; ``releasing``
+(unmount under way). ``reconcile`` finishes whatever a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from mount_core.errors import Conflict, StateError
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE backing_mounts (
+        key         TEXT PRIMARY KEY,
+        backend     TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('mounting', 'mounted', 'unmounting')),
+        created_at  REAL NOT NULL,
+        idle_since  REAL,
+        condition   TEXT NOT NULL DEFAULT 'healthy',
+        message     TEXT NOT NULL DEFAULT '',
+        checked_at  REAL
+    );
+    CREATE TABLE consumers (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        key             TEXT NOT NULL REFERENCES backing_mounts(key),
+        consumer        TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        target          TEXT,
+        subpath         TEXT NOT NULL DEFAULT '',
+        readonly        INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('binding', 'active', 'releasing')),
+        created_target  INTEGER NOT NULL DEFAULT 0,
+        info            TEXT NOT NULL DEFAULT '{}',
+        created_at      REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX consumers_by_target ON consumers(target) WHERE target IS NOT NULL;
+    CREATE INDEX consumers_by_key ON consumers(key);
+    CREATE INDEX consumers_by_consumer ON consumers(consumer);
+    CREATE TABLE volumes (
+        front       TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (front, name)
+    );
+    """,
+}
+
+
+@dataclass
+class BackingRow:
+    key: str
+    backend: str
+    spec: dict[str, Any]
+    path: str
+    state: str
+    created_at: float
+    idle_since: float | None
+    condition: str
+    message: str
+    checked_at: float | None
+
+
+@dataclass
+class ConsumerRow:
+    id: int
+    key: str
+    consumer: str
+    kind: str
+    target: str | None
+    subpath: str
+    readonly: bool
+    state: str
+    created_target: bool
+    info: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+
+
+@dataclass
+class VolumeRow:
+    front: str
+    name: str
+    spec: dict[str, Any]
+    created_at: str
+
+
+def _backing(row: sqlite3.Row) -> BackingRow:
+    data = dict(row)
+    data["spec"] = json.loads(data["spec"])
+    return BackingRow(**data)
+
+
+def _consumer(row: sqlite3.Row) -> ConsumerRow:
+    data = dict(row)
+    data["info"] = json.loads(data["info"])
+    data["readonly"] = bool(data["readonly"])
+    data["created_target"] = bool(data["created_target"])
+    return ConsumerRow(**data)
+
+
+class Ledger:
+    """Thread-safe access to ``<state dir>/ledger.db`` for one process."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the ledger {path}: {exc}") from None
+        os.chmod(path, 0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"the ledger {self.path} has schema {version}, newer than this hepvol "
+                    f"({SCHEMA_VERSION}); upgrade hepvol rather than downgrade it"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={step}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken up front (``BEGIN IMMEDIATE``) to avoid upgrade deadlocks."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StateError(f"ledger {self.path} is unavailable: {exc}") from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StateError(f"ledger {self.path}: commit failed: {exc}") from None
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"ledger {self.path}: {exc}") from None
+
+    # Backing mounts -----------------------------------------------------------
+
+    def backing(self, key: str) -> BackingRow | None:
+        rows = self._query("SELECT * FROM backing_mounts WHERE key = ?", (key,))
+        return _backing(rows[0]) if rows else None
+
+    def backings(self) -> list[BackingRow]:
+        return [_backing(r) for r in self._query("SELECT * FROM backing_mounts ORDER BY key")]
+
+    def put_backing(
+        self, key: str, backend: str, spec: dict[str, Any], path: str, state: str
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO backing_mounts (key, backend, spec, path, state, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET backend=excluded.backend,"
+                " spec=excluded.spec, path=excluded.path, state=excluded.state, idle_since=NULL",
+                (key, backend, json.dumps(spec, sort_keys=True), path, state, time.time()),
+            )
+
+    def set_backing_state(self, key: str, state: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE backing_mounts SET state = ? WHERE key = ?", (state, key))
+
+    def set_idle(self, key: str, since: float | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE backing_mounts SET idle_since = ? WHERE key = ?", (since, key))
+
+    def set_condition(self, key: str, condition: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE backing_mounts SET condition = ?, message = ?, checked_at = ? WHERE key = ?",
+                (condition, message, time.time(), key),
+            )
+
+    def delete_backing(self, key: str) -> None:
+        """Forget a backing mount; refused (StateError) while it has consumers."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM consumers WHERE key = ? LIMIT 1", (key,)).fetchone():
+                raise StateError(f"backing mount {key} still has consumers")
+            db.execute("DELETE FROM backing_mounts WHERE key = ?", (key,))
+
+    # Consumers ----------------------------------------------------------------
+
+    def add_consumer(
+        self,
+        key: str,
+        consumer: str,
+        kind: str,
+        *,
+        target: str | None = None,
+        subpath: str = "",
+        readonly: bool = True,
+        state: str = "active",
+        created_target: bool = False,
+        info: dict[str, Any] | None = None,
+    ) -> int:
+        with self.transaction() as db:
+            db.execute("UPDATE backing_mounts SET idle_since = NULL WHERE key = ?", (key,))
+            if target is not None:
+                holder = db.execute(
+                    "SELECT consumer FROM consumers WHERE target = ?", (target,)
+                ).fetchone()
+                if holder is not None:
+                    raise Conflict(f"{target} is already a target of {holder['consumer']}")
+            cursor = db.execute(
+                "INSERT INTO consumers (key, consumer, kind, target, subpath, readonly, state,"
+                " created_target, info, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    consumer,
+                    kind,
+                    target,
+                    subpath,
+                    int(readonly),
+                    state,
+                    int(created_target),
+                    json.dumps(info or {}, sort_keys=True),
+                    time.time(),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def set_consumer_state(self, row_id: int, state: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE consumers SET state = ? WHERE id = ?", (state, row_id))
+
+    def delete_consumer(self, row_id: int) -> int:
+        """Delete one consumer row; returns how many consumers its backing mount has left."""
+        with self.transaction() as db:
+            row = db.execute("SELECT key FROM consumers WHERE id = ?", (row_id,)).fetchone()
+            if row is None:
+                return -1
+            db.execute("DELETE FROM consumers WHERE id = ?", (row_id,))
+            left = db.execute(
+                "SELECT COUNT(*) FROM consumers WHERE key = ?", (row["key"],)
+            ).fetchone()[0]
+            return int(left)
+
+    def consumers(self, key: str | None = None) -> list[ConsumerRow]:
+        if key is None:
+            rows = self._query("SELECT * FROM consumers ORDER BY id")
+        else:
+            rows = self._query("SELECT * FROM consumers WHERE key = ? ORDER BY id", (key,))
+        return [_consumer(r) for r in rows]
+
+    def consumers_named(self, consumer: str) -> list[ConsumerRow]:
+        rows = self._query("SELECT * FROM consumers WHERE consumer = ? ORDER BY id", (consumer,))
+        return [_consumer(r) for r in rows]
+
+    def consumer_at(self, target: str) -> ConsumerRow | None:
+        rows = self._query("SELECT * FROM consumers WHERE target = ?", (target,))
+        return _consumer(rows[0]) if rows else None
+
+    def count(self, key: str) -> int:
+        return int(self._query("SELECT COUNT(*) FROM consumers WHERE key = ?", (key,))[0][0])
+
+    # Named volumes (Docker volume records, CSI controller volumes) --------------
+
+    def put_volume(self, front: str, name: str, spec: dict[str, Any], created_at: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO volumes (front, name, spec, created_at) VALUES (?, ?, ?, ?)",
+                (front, name, json.dumps(spec, sort_keys=True), created_at),
+            )
+
+    def volume(self, front: str, name: str) -> VolumeRow | None:
+        rows = self._query("SELECT * FROM volumes WHERE front = ? AND name = ?", (front, name))
+        if not rows:
+            return None
+        return VolumeRow(front, name, json.loads(rows[0]["spec"]), rows[0]["created_at"])
+
+    def volumes(self, front: str) -> list[VolumeRow]:
+        rows = self._query("SELECT * FROM volumes WHERE front = ? ORDER BY name", (front,))
+        return [VolumeRow(front, r["name"], json.loads(r["spec"]), r["created_at"]) for r in rows]
+
+    def delete_volume(self, front: str, name: str) -> bool:
+        with self.transaction() as db:
+            cursor = db.execute("DELETE FROM volumes WHERE front = ? AND name = ?", (front, name))
+            return cursor.rowcount > 0

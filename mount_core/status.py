@@ -1,0 +1,103 @@
+"""Everything the core knows, as data: for ``hepvol status``, metrics and the fronts.
+
+Status reads the ledger and one snapshot of mountinfo; it never touches a FUSE
+mount, so it answers at once even while a mount hangs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mount_core.health import FAILED
+from mount_core.ledger import Ledger
+from mount_core.mountinfo import MountTable
+
+
+@dataclass
+class ConsumerStatus:
+    id: str
+    kind: str
+    target: str | None
+    readonly: bool
+    state: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackingStatus:
+    key: str
+    backend: str
+    source: str
+    path: str
+    state: str
+    mounted: bool
+    condition: str
+    message: str
+    idle_since: float | None
+    consumers: list[ConsumerStatus]
+
+
+def _source(spec: dict[str, Any]) -> str:
+    if spec.get("backend") == "eos":
+        return f"{spec.get('instance')}:{spec.get('path', '/')}"
+    name = spec.get("repository", "*")
+    for pin, mark in (("tag", "@"), ("hash", "#"), ("date", "@")):
+        if pin in spec:
+            return f"{name}{mark}{spec[pin]}"
+    return str(name)
+
+
+def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStatus]:
+    """The status of every backing mount in the ledger."""
+    table = MountTable() if table is None else table
+    by_key: dict[str, list[ConsumerStatus]] = {}
+    for c in ledger.consumers():
+        by_key.setdefault(c.key, []).append(
+            ConsumerStatus(c.consumer, c.kind, c.target, c.readonly, c.state, c.info)
+        )
+    result = []
+    for row in ledger.backings():
+        mounted = table.at(row.path) is not None
+        condition, message = row.condition, row.message
+        if row.state == "mounted" and not mounted:
+            condition, message = FAILED, "not mounted"
+        result.append(
+            BackingStatus(
+                key=row.key,
+                backend=row.backend,
+                source=_source(row.spec),
+                path=row.path,
+                state=row.state,
+                mounted=mounted,
+                condition=condition,
+                message=message,
+                idle_since=row.idle_since,
+                consumers=by_key.get(row.key, []),
+            )
+        )
+    return result
+
+
+def as_json(statuses: list[BackingStatus]) -> dict[str, Any]:
+    return {"backing_mounts": [asdict(s) for s in statuses]}
+
+
+def as_table(statuses: list[BackingStatus]) -> str:
+    """A readable table: one line per backing mount, its consumers indented below."""
+    if not statuses:
+        return "no backing mounts"
+    lines = [f"{'VOLUME':<40} {'BACKEND':<8} {'CONDITION':<10} {'USERS':>5}  PATH"]
+    for s in statuses:
+        condition = s.condition + (f" ({s.message})" if s.message else "")
+        lines.append(f"{s.source:<40} {s.backend:<8} {s.condition:<10} {len(s.consumers):>5}  "
+                     f"{s.path}")  # fmt: skip
+        if s.message:
+            lines.append(f"  ! {condition}")
+        for c in s.consumers:
+            pod = c.info.get("pod")
+            where = c.target or "(no target)"
+            extra = f"  pod {pod}" if pod else ""
+            mode = "ro" if c.readonly else "rw"
+            lines.append(f"  - {c.id:<60} {mode} {where}{extra}")
+    return "\n".join(lines)
