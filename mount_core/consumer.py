@@ -26,7 +26,11 @@ class Consumer:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InvalidSpec("consumer kind", self.kind, f"use one of {', '.join(KINDS)}")
-        if not self.ident or len(self.ident) > 4096 or any(ord(c) < 32 for c in self.ident):
+        if (
+            not self.ident
+            or len(self.ident) > 4096
+            or any(ord(c) < 32 and c != "\t" for c in self.ident)
+        ):
             raise InvalidSpec(
                 "consumer id", self.ident, "must be 1-4096 characters without control characters"
             )

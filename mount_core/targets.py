@@ -25,15 +25,15 @@ MAX_PATH = 4096
 def normalize(target: str) -> str:
     """Check a target's syntax and return it without trailing slashes.
 
-    Refused: relative paths, ``.``/``..`` components, NUL and other control
-    characters (newlines in mount paths break every tool that reads mountinfo).
-    Spaces and non-ASCII names are fine.
+    Refused: relative paths, ``.``/``..`` components, NUL, newlines and other
+    control characters (they break every line-based tool that reads mount
+    tables). Spaces, tabs and non-ASCII names are fine: mountinfo escapes them.
     """
     if not isinstance(target, str) or not target:
         raise InvalidTarget("target path is empty: give an absolute directory path")
     if len(target) > MAX_PATH:
         raise InvalidTarget(f"target path {quote_value(target)} is longer than {MAX_PATH} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in target):
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in target):
         raise InvalidTarget(
             f"target path {quote_value(target)} contains control characters (newline, NUL…)"
         )
