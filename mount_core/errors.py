@@ -14,10 +14,9 @@ _MAX_SHOWN = 60
 def quote_value(value: object) -> str:
     """Quote a user-supplied value for an error message, escaped and truncated."""
     text = value if isinstance(value, str) else repr(value)
-    if len(text) > _MAX_SHOWN:
-        text = text[:_MAX_SHOWN] + "…"
-    escaped = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
-    return f'"{escaped}"'
+    cut = len(text) > _MAX_SHOWN
+    escaped = text[:_MAX_SHOWN].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{escaped}{"…" if cut else ""}"'
 
 
 class HepvolError(Exception):

@@ -85,9 +85,9 @@ class VolumeSpec:
             raise InvalidSpec(pins[1], getattr(self, pins[1]), "give only one of tag, hash, date")
         if self.repository is None and (pins or self.client_config is not None):
             raise InvalidSpec("repository", "", "is required with tag, hash, date or clientConfig")
-        if self.tag is not None and not _TAG.match(self.tag):
+        if self.tag is not None and not _TAG.fullmatch(self.tag):
             raise InvalidSpec("tag", self.tag, "use 1-128 characters of A-Z a-z 0-9 . _ -")
-        if self.hash is not None and not _HASH.match(self.hash):
+        if self.hash is not None and not _HASH.fullmatch(self.hash):
             raise InvalidSpec("hash", self.hash, "must be a lowercase hex root hash (40+ digits)")
         if self.date is not None:
             check_date(self.date)
@@ -99,7 +99,7 @@ class VolumeSpec:
     def _check_eos(self) -> None:
         if self.instance is None:
             raise InvalidSpec("instance", "", "is required for EOS volumes (e.g. eospublic)")
-        if not _INSTANCE.match(self.instance):
+        if not _INSTANCE.fullmatch(self.instance):
             raise InvalidSpec(
                 "instance", self.instance, "use lowercase letters, digits, '.' and '-' (max 64)"
             )
@@ -200,14 +200,14 @@ class VolumeSpec:
 
 
 def check_repository(name: object) -> str:
-    if not isinstance(name, str) or len(name) > 253 or not _REPOSITORY.match(name):
+    if not isinstance(name, str) or len(name) > 253 or not _REPOSITORY.fullmatch(name):
         raise InvalidSpec("repository", name, REPOSITORY_RULE)
     return name
 
 
 def check_date(value: str) -> str:
     rule = "must be an ISO 8601 date or time such as 2024-05-01T00:00:00Z"
-    if not _DATE_CHARS.match(value):
+    if not _DATE_CHARS.fullmatch(value):
         raise InvalidSpec("date", value, rule)
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -222,7 +222,7 @@ def check_client_config(text: str) -> str:
         raise InvalidSpec("clientConfig", text, rule)
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped and not stripped.startswith("#") and not _CONFIG_LINE.match(stripped):
+        if stripped and not stripped.startswith("#") and not _CONFIG_LINE.fullmatch(stripped):
             raise InvalidSpec("clientConfig", line, rule)
     return text
 

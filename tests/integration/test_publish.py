@@ -127,7 +127,7 @@ def test_unknown_repository_is_not_found_and_leaves_nothing(hepvol_env: HepvolEn
     manager = hepvol_env.manager()
     target = hepvol_env.targets / "pod"
     spec = VolumeSpec(backend="cvmfs", repository="missing.cern.ch")
-    with pytest.raises(NotFound, match="missing.cern.ch"):
+    with pytest.raises(NotFound, match=r"missing\.cern\.ch"):
         manager.publish(spec, csi(target), str(target))
     assert not target.exists()
     assert manager.status() == []
