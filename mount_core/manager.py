@@ -38,6 +38,10 @@ log = logging.getLogger("hepvol.core")
 OperationObserver = Callable[[str, str, float, bool], None]
 
 
+def _serving_path(backing_path: str, spec: VolumeSpec) -> str:
+    return os.path.join(backing_path, spec.subpath) if spec.subpath else backing_path
+
+
 def _ignore(op: str, key: str, seconds: float, ok: bool) -> None:
     return None
 
@@ -152,9 +156,9 @@ class MountManager:
                     raise Conflict(f"{consumer.id} already holds another volume ({held[0].key})")
                 backing = self.ledger.backing(spec.key)
                 assert backing is not None
-                return os.path.join(backing.path, spec.subpath)
+                return _serving_path(backing.path, spec)
             backing = self._ensure_backing(spec)
-            path = os.path.join(backing.path, spec.subpath)
+            path = _serving_path(backing.path, spec)
             if spec.subpath:
                 with targets.open_inside(backing.path, spec.subpath):
                     pass
@@ -294,7 +298,7 @@ class MountManager:
         row = self.ledger.backing(spec.key)
         if row is None or row.state != "mounted":
             return None
-        return os.path.join(row.path, spec.subpath)
+        return _serving_path(row.path, spec)
 
     def consumer_at(self, target: str) -> ConsumerRow | None:
         return self.ledger.consumer_at(targets.normalize(target))
