@@ -1,0 +1,164 @@
+"""The FlexVolume call protocol: ``init``, ``mount``, ``unmount``; everything else is ``Not supported``.
+
+kubelet execs ``DRIVER <call> <args...>`` and parses stdout and stderr together as
+one JSON object, so a call prints exactly one object and nothing else, whatever
+happens: the reply goes to a private copy of the original stdout, while fds 1
+and 2 point at ``/dev/null`` for the whole call (a stray print, a warning or a
+client started by a backend can neither corrupt the reply nor hold kubelet's
+pipe open). Logs are JSON lines in ``<state dir>/logs/flexvolume.log``.
+
+Each call is a fresh process, so the core is imported only by the calls that
+need it and nothing heavier (no gRPC, Flask, prometheus, psutil, pyfuse3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+SUCCESS, FAILURE, NOT_SUPPORTED = "Success", "Failure", "Not supported"
+#: Explicitly false: kubelet defaults missing capabilities to true, which would
+#: make it wait for an attach that never comes or chown a read-only tree.
+CAPABILITIES = {
+    "attach": False,
+    "selinuxRelabel": False,
+    "fsGroup": False,
+    "supportsMetrics": False,
+    "requiresFSResize": False,
+}
+DRIVERS = {"cvmfs": "cern/cvmfs", "eos": "cern/eos"}
+LOG_FILE = "flexvolume.log"
+_LOG_ROTATE_BYTES = 8 << 20
+_MAX_MESSAGE = 1000
+
+Reply = dict[str, Any]
+
+
+def reply(status: str, message: str = "", **extra: Any) -> Reply:
+    """A protocol reply; the message is made one line and bounded."""
+    text = " ".join(message.split())
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE] + "…"
+    found: Reply = {"status": status}
+    if text:
+        found["message"] = text
+    found.update(extra)
+    return found
+
+
+class Call:
+    """One driver invocation: the backend it serves and where its config lives."""
+
+    def __init__(self, backend: str, config_path: str | None) -> None:
+        self.backend = backend
+        self.config_path = config_path
+        self.log: Any = None
+
+    def _manager(self) -> Any:
+        from mount_core import config, logs
+        from mount_core.manager import MountManager
+
+        settings = config.load(self.config_path)
+        log_dir = os.path.join(settings.state_dir, "logs")
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(log_dir, LOG_FILE)
+        _rotate(path)
+        logs.configure(settings.log_level, path=path)
+        import logging
+
+        self.log = logging.getLogger("hepvol.flexvolume")
+        return MountManager(settings)
+
+    def init(self, args: list[str]) -> Reply:
+        return reply(SUCCESS, capabilities=CAPABILITIES)
+
+    def mount(self, args: list[str]) -> Reply:
+        if len(args) not in (2, 3):
+            return reply(FAILURE, "usage: mount <pod volume dir> [<device>] <json options>")
+        target, raw = args[0], args[-1]
+        manager = self._manager()
+        from flexvolume.options import parse
+        from mount_core.consumer import Consumer
+        from mount_core.errors import InvalidSpec
+        from mount_core.logs import event
+
+        try:
+            options = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidSpec("mount options", raw, f"are not valid JSON ({exc})") from None
+        request = parse(self.backend, options)
+        start = time.perf_counter()
+        manager.publish(request.spec, Consumer("flex", target, info=request.info), target,
+                        readonly=request.readonly)  # fmt: skip
+        mode = "read-only" if request.readonly or request.spec.backend == "cvmfs" else "read-write"
+        event(self.log, "mount", volume=request.spec.key, consumer=f"flex:{target}",
+              pod=request.info.get("pod"), mode=mode,
+              ms=round((time.perf_counter() - start) * 1000, 2))  # fmt: skip
+        return reply(SUCCESS, f"{request.spec.source} mounted {mode} at {target}")
+
+    def unmount(self, args: list[str]) -> Reply:
+        if len(args) != 1:
+            return reply(FAILURE, "usage: unmount <pod volume dir>")
+        from mount_core.logs import event
+
+        manager = self._manager()
+        found = manager.unpublish(args[0])
+        event(self.log, "unmount" if found else "unmount: nothing of ours mounted",
+              consumer=f"flex:{args[0]}")  # fmt: skip
+        return reply(SUCCESS, "unmounted" if found else "nothing was mounted")
+
+    def run(self, argv: list[str]) -> Reply:
+        if not argv:
+            return reply(FAILURE, "usage: DRIVER init | mount <dir> <json> | unmount <dir>")
+        handler = {"init": self.init, "mount": self.mount, "unmount": self.unmount}.get(argv[0])
+        if handler is None:
+            return reply(NOT_SUPPORTED)
+        return handler(argv[1:])
+
+
+def _rotate(path: str) -> None:
+    # Every call appends a few lines; keep one previous file rather than grow forever.
+    try:
+        if os.stat(path).st_size > _LOG_ROTATE_BYTES:
+            os.replace(path, path + ".1")
+    except OSError:
+        pass
+
+
+def _answer(call: Call, argv: list[str]) -> Reply:
+    """Run the call; turn every error into a Failure reply (the top-level guard)."""
+    from_core: type[BaseException] = Exception
+    try:
+        from mount_core.errors import HepvolError
+
+        from_core = HepvolError
+        return call.run(argv)
+    except BaseException as exc:
+        if isinstance(exc, from_core):
+            failure = reply(FAILURE, str(exc))
+        else:
+            failure = reply(FAILURE, f"internal error: {type(exc).__name__}: {exc}")
+        if call.log is not None:
+            call.log.error(
+                f"{argv[0] if argv else 'call'} failed: {failure['message']}",
+                exc_info=not isinstance(exc, from_core),
+                extra={"volume": None, "consumer": None, "argv": argv[:1]},
+            )
+        return failure
+
+
+def main(argv: list[str], backend: str, config_path: str | None = None) -> int:
+    """Serve one kubelet call for ``backend``; print the reply; return the exit status."""
+    out = os.dup(1)  # not inherited by children (PEP 446)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
+    result = _answer(Call(backend, config_path), argv)
+    os.write(out, (json.dumps(result) + "\n").encode())
+    os.close(out)
+    return 1 if result["status"] == FAILURE else 0

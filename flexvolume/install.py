@@ -1,0 +1,113 @@
+"""Install the FlexVolume drivers into kubelet's plugin directory, atomically.
+
+Each driver ``cern/NAME`` is the executable ``<plugin dir>/cern~NAME/NAME``: a
+small Python script whose ``#!`` line names this installation's interpreter by
+absolute path (kubelet's PATH is minimal) with ``-IS``: isolated from the
+caller's environment and without site processing, which costs more than the
+whole call otherwise. The script puts the directories holding hepvol and its
+site-packages on ``sys.path`` itself, so it works from a venv and under ``env -i``.
+
+kubelet watches the plugin directory and ignores dot-files, so each launcher is
+written as ``.tmp_NAME``, made executable and renamed over ``NAME``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from mount_core.errors import ConfigError
+
+DEFAULT_PLUGIN_DIR = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec"
+VENDOR = "cern"
+BACKENDS = ("cvmfs", "eos")
+# Linux reads at most 255 bytes of a #! line (127 before 5.1).
+_MAX_SHEBANG = 127
+
+_TEMPLATE = """#!{python} -IS
+# hepvol FlexVolume driver {vendor}/{backend}: written by `hepvol flexvolume install`.
+# Reinstall rather than edit. Logs: <state dir>/logs/flexvolume.log.
+import sys
+
+sys.path[:0] = {front!r}
+sys.path += {back!r}
+try:
+    from flexvolume.driver import main
+except BaseException as exc:
+    import json
+
+    message = "hepvol is not importable by " + sys.executable + ": " + repr(exc)
+    print(json.dumps({{"status": "Failure", "message": message}}))
+    sys.exit(1)
+sys.exit(main(sys.argv[1:], {backend!r}, {config!r}))
+"""
+
+
+def driver_path(plugin_dir: str, backend: str) -> str:
+    return os.path.join(plugin_dir, f"{VENDOR}~{backend}", backend)
+
+
+def launcher(backend: str, config_path: str | None, python: str | None = None) -> str:
+    """The text of the launcher for ``backend``."""
+    python = python or sys.executable
+    if not os.path.isabs(python) or len(python) + 5 > _MAX_SHEBANG:
+        raise ConfigError(
+            f"interpreter path {python!r} must be absolute and shorter than "
+            f"{_MAX_SHEBANG - 5} characters to be named on a #! line"
+        )
+    import sysconfig
+
+    import flexvolume
+    import mount_core
+
+    front: list[str] = []
+    for package in (flexvolume, mount_core):
+        root = os.path.dirname(os.path.abspath(next(iter(package.__path__))))
+        if root not in front:
+            front.append(root)
+    paths = sysconfig.get_paths()
+    back = list(dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if p not in front))
+    config = os.path.abspath(config_path) if config_path else None
+    return _TEMPLATE.format(python=python, vendor=VENDOR, backend=backend, front=front, back=back,
+                            config=config)  # fmt: skip
+
+
+def _write_atomically(path: str, text: str) -> None:
+    directory, name = os.path.split(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    temporary = os.path.join(directory, f".tmp_{name}")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o755)  # noqa: S103 - kubelet executes it
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def install(plugin_dir: str, config_path: str | None) -> list[str]:
+    """Write every driver's launcher; returns their paths."""
+    written = []
+    for backend in BACKENDS:
+        path = driver_path(plugin_dir, backend)
+        _write_atomically(path, launcher(backend, config_path))
+        written.append(path)
+    return written
+
+
+def uninstall(plugin_dir: str) -> list[str]:
+    """Remove the launchers (and their directories when empty); returns what was removed."""
+    removed = []
+    for backend in BACKENDS:
+        path = driver_path(plugin_dir, backend)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
+    return removed
