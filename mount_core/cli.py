@@ -20,6 +20,8 @@ from mount_core.errors import HepvolError
 #: ``run(args, config) -> int``.
 FRONTS: list[tuple[str, str, str]] = [
     ("demo", "mount_core.demo", "serve a sample repository through the core and show it"),
+    ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
+    ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
 ]
 
 
