@@ -45,6 +45,7 @@ lint: venv
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.
 test: setup lint
 	unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
+	unshare --mount --propagation private -- $(PY) -m bench --quick
 
 bench: setup
 	unshare --mount --propagation private -- $(PY) -m bench

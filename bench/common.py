@@ -1,0 +1,89 @@
+"""Shared measurement helpers for the benchmarks: timings, percentiles, tables, RSS."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+
+@dataclass
+class Timing:
+    """Latencies (seconds) of one measured operation and the wall time they took."""
+
+    samples: list[float]
+    wall: float
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+    @property
+    def p50_ms(self) -> float:
+        return self.percentile(50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return self.percentile(99) * 1000
+
+    @property
+    def per_second(self) -> float:
+        return len(self.samples) / self.wall if self.wall else 0.0
+
+
+def measure(operation: Callable[[int], None], count: int, concurrency: int = 1,
+            warmup: int = 20) -> Timing:
+    """Run ``operation(i)`` ``count`` times on ``concurrency`` threads; time each call."""
+    for i in range(warmup):
+        operation(-1 - i)
+
+    def timed(i: int) -> float:
+        start = time.perf_counter()
+        operation(i)
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    if concurrency == 1:
+        samples = [timed(i) for i in range(count)]
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            samples = list(pool.map(timed, range(count)))
+    return Timing(samples, time.perf_counter() - start)
+
+
+def rss_mb(pids: Sequence[int]) -> float:
+    """Sum of VmRSS of the given processes, in MB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def machine() -> str:
+    return (f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table, so the output can be pasted into docs/performance.md as is."""
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,102 @@
+"""Core benchmark: publish+unpublish of an already-mounted spec vs the raw bind+umount pair.
+
+Run as root: ``python -m bench.core [--quick]`` (``make bench`` runs every benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+from bench.common import machine, measure, table
+from mount_core import bind
+from mount_core.config import Config, LocalConfig
+from mount_core.consumer import Consumer
+from mount_core.manager import MountManager
+from mount_core.mountinfo import MountTable
+from mount_core.spec import VolumeSpec
+
+SAMPLE = "bench.hepvol.org"
+
+
+def world(workdir: str) -> MountManager:
+    for name in ("state", "mounts", "targets", f"repositories/{SAMPLE}"):
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
+        handle.write("bench\n")
+    config = Config(
+        state_dir=os.path.join(workdir, "state"),
+        mount_root=os.path.join(workdir, "mounts"),
+        target_roots=(os.path.join(workdir, "targets"),),
+        local=LocalConfig(root=os.path.join(workdir, "repositories")),
+    ).validate()
+    return MountManager(config)
+
+
+def teardown(manager: MountManager, workdir: str) -> None:
+    for consumer in manager.ledger.consumers():
+        if consumer.target:
+            manager.unpublish(consumer.target)
+        else:
+            manager.release(Consumer(consumer.kind, consumer.consumer.split(":", 1)[1]))
+    for entry in sorted(MountTable().under(workdir), key=lambda e: -len(e.mount_point)):
+        bind.unmount(entry.mount_point, lazy=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(count: int) -> str:
+    workdir = tempfile.mkdtemp(prefix="hepvol-bench-")
+    manager = world(workdir)
+    spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
+    targets_root = manager.config.target_roots[0]
+    rows = []
+    try:
+        start = time.perf_counter()
+        backing = manager.acquire(spec, Consumer("cli", "bench-holder"))
+        cold_ms = (time.perf_counter() - start) * 1000
+
+        raw_dirs = [os.path.join(targets_root, f"raw-{i}") for i in range(16)]
+        for directory in raw_dirs:
+            os.makedirs(directory, exist_ok=True)
+
+        def raw_pair(i: int) -> None:
+            target = raw_dirs[i % 16]
+            bind.mount(backing, target, None, bind.MS_BIND)
+            bind.unmount(target)
+
+        def publish_pair(i: int) -> None:
+            target = os.path.join(targets_root, f"pod-{i}")
+            manager.publish(spec, Consumer("csi", target), target)
+            manager.unpublish(target)
+
+        for concurrency in (1, 16):
+            raw = measure(raw_pair, count, 1)
+            pair = measure(publish_pair, count, concurrency)
+            rows.append((
+                concurrency, pair.p50_ms, pair.p99_ms, round(pair.per_second),
+                raw.p50_ms, round(pair.p50_ms / raw.p50_ms, 1),
+            ))  # fmt: skip
+    finally:
+        teardown(manager, workdir)
+    out = table(
+        f"core: publish+unpublish of an already-mounted spec ({count} pairs; {machine()})",
+        ["concurrency", "pair p50 ms", "pair p99 ms", "pairs/s", "raw bind+umount p50 ms",
+         "ratio"],
+        rows,
+    )  # fmt: skip
+    return out + f"\ncold mount (local backend, first acquire): {cold_ms:.1f} ms\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    args = parser.parse_args(argv)
+    print(run(200 if args.quick else 3000))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
