@@ -21,7 +21,7 @@ from mount_core import bind, targets
 from mount_core.backends import Backends
 from mount_core.config import Config
 from mount_core.consumer import Consumer
-from mount_core.errors import Conflict, HepvolError, MountFailed, NotFound
+from mount_core.errors import Conflict, HepvolError, MountFailed, NotFound, StateError
 from mount_core.ledger import BackingRow, ConsumerRow, Ledger
 from mount_core.locks import LockDir
 from mount_core.logs import event
@@ -36,6 +36,22 @@ log = logging.getLogger("hepvol.core")
 
 #: Called after every operation with (operation, volume key, seconds, succeeded).
 OperationObserver = Callable[[str, str, float, bool], None]
+
+
+def check_private_dir(path: str) -> None:
+    """Create ``path`` 0700 if missing; refuse one that someone other than root can write.
+
+    The ledger and lock files decide what gets mounted where: a state dir writable by
+    an unprivileged user would let that user steer a root daemon.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise StateError(
+            f"state directory {path} is writable by a user other than root "
+            f"(owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}); "
+            f"fix it with: chown root:root {path} && chmod 0700 {path}"
+        )
 
 
 def _serving_path(backing_path: str, spec: VolumeSpec) -> str:
@@ -58,6 +74,7 @@ class MountManager:
         on_operation: OperationObserver | None = None,
     ) -> None:
         self.config = config
+        check_private_dir(config.state_dir)
         self.ledger = ledger or Ledger(config.ledger_path)
         self.backends = backends or Backends(config)
         self.locks = LockDir(config.state_dir)
@@ -222,8 +239,10 @@ class MountManager:
             else:
                 row_id = existing.id
             try:
+                recursive = self.backends.for_spec(spec).bind_recursive(spec)
                 with targets.open_inside(backing.path, spec.subpath) as source:
-                    bind.bind_fd(source.fd, opened.fd, readonly=readonly)
+                    bind.bind_fd(source.fd, opened.fd, readonly=readonly, recursive=recursive,
+                                 propagation=bind.MS_SLAVE if recursive else 0)  # fmt: skip
             except (OSError, HepvolError) as exc:
                 self.ledger.delete_consumer(row_id)
                 if opened.created or (existing is not None and existing.created_target):

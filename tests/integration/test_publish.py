@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mount_core.consumer import Consumer
-from mount_core.errors import Conflict, InvalidTarget, NotFound
+from mount_core.errors import Conflict, InvalidTarget, NotFound, StateError
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
 from tests.conftest import SAMPLE, HepvolEnv
@@ -146,3 +146,13 @@ def test_existing_target_directory_is_kept_after_unpublish(hepvol_env: HepvolEnv
 def test_unpublish_of_a_target_whose_directory_is_gone(hepvol_env: HepvolEnv) -> None:
     manager = hepvol_env.manager()
     assert manager.unpublish(str(hepvol_env.targets / "gone" / "deeper")) is False
+
+
+def test_state_dir_writable_by_others_is_refused(hepvol_env: HepvolEnv) -> None:
+    state = Path(hepvol_env.config.state_dir)
+    state.chmod(0o777)
+    try:
+        with pytest.raises(StateError, match="writable by a user other than root"):
+            hepvol_env.manager()
+    finally:
+        state.chmod(0o700)
