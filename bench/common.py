@@ -20,7 +20,7 @@ class Timing:
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
     @property
     def p50_ms(self) -> float:
@@ -35,8 +35,9 @@ class Timing:
         return len(self.samples) / self.wall if self.wall else 0.0
 
 
-def measure(operation: Callable[[int], None], count: int, concurrency: int = 1,
-            warmup: int = 20) -> Timing:
+def measure(
+    operation: Callable[[int], None], count: int, concurrency: int = 1, warmup: int = 20
+) -> Timing:
     """Run ``operation(i)`` ``count`` times on ``concurrency`` threads; time each call."""
     for i in range(warmup):
         operation(-1 - i)
@@ -70,17 +71,24 @@ def rss_mb(pids: Sequence[int]) -> float:
 
 
 def machine() -> str:
-    return (f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table, so the output can be pasted into docs/performance.md as is."""
+
     def cell(value: object) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
