@@ -22,6 +22,7 @@ FRONTS: list[tuple[str, str, str]] = [
     ("demo", "mount_core.demo", "serve a sample repository through the core and show it"),
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
     ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
+    ("docker-plugin", "docker_plugin.command", "serve a Docker volume plugin (cvmfs or eos driver)"),
 ]
 
 
@@ -66,8 +67,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     manager = _manager(args)
-    done = manager.gc_idle()
-    print(json.dumps({"unmounted_idle": done}, indent=2))
+    found: dict[str, Any] = {}
+    # A front module may define collect_garbage(manager) -> dict, e.g. to drop
+    # consumers its orchestrator has forgotten; it runs before idle mounts go.
+    for name, module, _help in FRONTS:
+        collect = getattr(importlib.import_module(module), "collect_garbage", None)
+        if collect is not None:
+            found[name] = collect(manager)
+    found["unmounted_idle"] = manager.gc_idle()
+    print(json.dumps(found, indent=2))
     return 0
 
 

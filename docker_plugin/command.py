@@ -1,0 +1,56 @@
+"""``hepvol docker-plugin``: the Docker volume plugin daemon of one driver.
+
+Imported by the CLI to build its parser, so Flask, gunicorn and the ``docker``
+package are only imported inside :func:`run` and :func:`collect_garbage`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any
+
+from mount_core.config import Config
+from mount_core.errors import ConfigError
+
+_DRIVER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--driver", required=True, choices=("cvmfs", "eos"),
+                        help="what the volumes are: CVMFS repositories or EOS instances")  # fmt: skip
+    parser.add_argument("--name", help="driver name users pass to -d (default: the --driver value)")
+    parser.add_argument("--socket", help="Unix socket to serve on "
+                        "(default /run/docker/plugins/<name>.sock, where dockerd finds it)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=16, help="concurrent calls (default 16)")
+    parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST"),
+                        help="Docker engine to ask about stale mounts "
+                        "(default $DOCKER_HOST, else unix:///var/run/docker.sock)")  # fmt: skip
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from docker_plugin.serve import PLUGIN_DIR, Settings, exec_lean
+
+    name = args.name or args.driver
+    if not _DRIVER_NAME.match(name):
+        raise ConfigError(f"driver name {name!r}: use 1-63 of a-z 0-9 . _ - (e.g. cvmfs)")
+    if args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    socket_path = os.path.abspath(args.socket or os.path.join(PLUGIN_DIR, f"{name}.sock"))
+    settings = Settings(
+        driver=name,
+        backend=args.driver,
+        socket_path=socket_path,
+        threads=args.threads,
+        docker_host=args.docker_host,
+    )
+    exec_lean(config, settings)
+    return 0  # not reached: exec_lean replaces this process
+
+
+def collect_garbage(manager: Any) -> dict[str, Any]:
+    """``hepvol gc``: drop Docker consumers no container can hold ($DOCKER_HOST engine)."""
+    from docker_plugin.stale import drop_stale
+
+    return drop_stale(manager, os.environ.get("DOCKER_HOST")).as_dict()

@@ -1,0 +1,196 @@
+"""Serving the plugin app with gunicorn on a Unix socket.
+
+One gunicorn worker process with a pool of threads (``gthread``). The daemon's
+background work — ``reconcile()`` at start, the one :class:`HealthMonitor`, the
+start-up check for stale Docker consumers — runs in that worker, started from
+its ``post_worker_init`` hook. With a single worker there is exactly one health
+loop per daemon, and if gunicorn replaces a crashed worker the loop comes back
+with it. The master never loads the app, so nothing with threads or SQLite
+connections is ever forked. One process also keeps memory low; concurrency
+comes from threads (Mount waits on locks, SQLite and mount(2), all outside the
+GIL).
+
+The socket is created mode 0660, owned by root; a stale socket (nobody
+answering) is removed, but a live plugin's socket is never taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from mount_core.config import Config
+from mount_core.errors import ConfigError, Conflict
+from mount_core.logs import event
+
+log = logging.getLogger("hepvol.docker")
+
+PLUGIN_DIR = "/run/docker/plugins"
+_HANDOVER = "HEPVOL_DOCKER_PLUGIN_HANDOVER"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one plugin daemon runs."""
+
+    driver: str
+    backend: str
+    socket_path: str
+    threads: int = 16
+    docker_host: str | None = None
+    engine_wait_seconds: float = 600.0
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def prepare_socket(path: str, wait: float = 5.0) -> None:
+    """Create the socket's directory (0755) and clear a stale socket at ``path``."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if os.path.normpath(directory) == PLUGIN_DIR:
+        os.chmod(directory, 0o755)  # noqa: S103 - the protocol wants it world-listable
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(
+            f"{path} exists and is not a socket; move it away or pick another --socket"
+        )
+    # A plugin killed a moment ago may leave a worker finishing its last calls.
+    deadline = time.monotonic() + wait
+    while _answers(path):
+        if time.monotonic() > deadline:
+            raise Conflict(f"another plugin is serving {path}; stop it first")
+        time.sleep(0.2)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _start_background(manager: Any, monitor: Any, settings: Settings) -> threading.Thread:
+    """Reconcile, start the health loop, then drop stale Docker consumers once."""
+    from docker_plugin.stale import drop_stale
+
+    def work() -> None:
+        report = manager.reconcile()
+        event(log, "reconciled at start-up", driver=settings.driver, counts=report.counts())
+        monitor.start()
+        # dockerd usually starts after the plugin: keep asking for a while.
+        deadline = time.monotonic() + settings.engine_wait_seconds
+        while True:
+            result = drop_stale(manager, settings.docker_host)
+            if not result.error or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+
+    thread = threading.Thread(target=work, name="hepvol-docker-start", daemon=True)
+    thread.start()
+    return thread
+
+
+class PluginServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn serving the plugin app of one driver."""
+
+    def __init__(self, config: Config, settings: Settings) -> None:
+        self.hepvol_config = config
+        self.settings = settings
+        self.manager: Any = None
+        self.monitor: Any = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        options = {
+            "bind": f"unix:{self.settings.socket_path}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": self.settings.threads,
+            "umask": 0o117,
+            # Mount may legitimately take mount_timeout_seconds; the gthread main
+            # loop keeps beating meanwhile, so this only catches a wedged worker.
+            "timeout": 120,
+            "graceful_timeout": 10,
+            "keepalive": 5,
+            "backlog": 256,
+            "accesslog": None,
+            "loglevel": "warning",
+            "proc_name": f"hepvol-docker-{self.settings.driver}",
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Build the app in the worker (the master never imports Flask or the core)."""
+        from docker_plugin.app import create_app
+        from docker_plugin.volumes import DockerVolumes
+        from mount_core.manager import MountManager
+
+        self.manager = MountManager(self.hepvol_config)
+        volumes = DockerVolumes(self.manager, self.settings.driver, self.settings.backend)
+        return create_app(volumes)
+
+    def _post_worker_init(self, worker: Any) -> None:
+        event(log, "serving", driver=self.settings.driver, socket=self.settings.socket_path,
+              pid=os.getpid())  # fmt: skip
+        from mount_core.health import HealthMonitor
+
+        self.monitor = HealthMonitor(self.manager)
+        _start_background(self.manager, self.monitor, self.settings)
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+
+
+def serve(config: Config, settings: Settings) -> int:
+    """Run the plugin until SIGTERM/SIGINT."""
+    prepare_socket(settings.socket_path)
+    PluginServer(config, settings).run()
+    return 0
+
+
+def exec_lean(config: Config, settings: Settings) -> None:
+    """Replace this process by a fresh interpreter that only serves the plugin.
+
+    The ``hepvol`` command has imported every front to build its parser; the
+    gunicorn master does not need any of that, and every page it holds is also
+    counted in its worker. The configuration travels as JSON in the environment.
+    """
+    blob = json.dumps({"config": asdict(config), "settings": asdict(settings)})
+    env = dict(os.environ, **{_HANDOVER: blob})
+    os.execve(sys.executable, [sys.executable, "-m", "docker_plugin.serve"], env)  # noqa: S606
+
+
+def main() -> int:
+    """Entry point of the re-executed daemon (see :func:`exec_lean`)."""
+    from mount_core import config as config_module
+    from mount_core import logs
+
+    data = json.loads(os.environ.pop(_HANDOVER))
+    config = config_module.load(env={"HEPVOL_CONFIG": os.devnull}, overrides=data["config"])
+    logs.configure(config.log_level)
+    return serve(config, Settings(**data["settings"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

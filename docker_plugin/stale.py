@@ -1,0 +1,108 @@
+"""Dropping Docker consumers that no container can still hold.
+
+dockerd loses ``Unmount`` calls across its own restarts (live-restore), which
+would keep a backing mount held forever. Mount IDs are not container IDs and the
+engine's API does not show them, so the check counts, per (driver, volume): the
+containers that can hold the volume (every state but ``exited`` and ``dead``: a
+container being started is still ``created`` when its volumes are mounted)
+against the Docker consumers recorded for it. Only consumers older than
+``min_age`` are candidates and they are compared with that count alone, so a
+container starting right now or a ``docker cp`` re-mount never loses its hold;
+the excess is dropped, oldest first. The error is always towards keeping a
+mount. If the engine cannot be asked, nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mount_core.consumer import Consumer
+from mount_core.ledger import ConsumerRow
+from mount_core.logs import event
+from mount_core.manager import MountManager
+
+log = logging.getLogger("hepvol.docker")
+
+#: Container states in which a container may hold (or be about to hold) its volumes.
+GONE_STATES = ("exited", "dead")
+DEFAULT_MIN_AGE = 60.0
+
+
+@dataclass
+class StaleReport:
+    """What one pass did: dropped consumer ids per volume, or why it did nothing."""
+
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "error": self.error}
+
+
+def holding_containers(docker_host: str | None, timeout: float = 10.0) -> Counter[tuple[str, str]]:
+    """(driver, volume name) -> number of containers that can hold it, from the engine."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=int(timeout)) if docker_host else (
+        docker.from_env(timeout=int(timeout))
+    )  # fmt: skip
+    try:
+        counts: Counter[tuple[str, str]] = Counter()
+        for container in client.api.containers(all=True):
+            if container.get("State") in GONE_STATES:
+                continue
+            for mount in container.get("Mounts") or []:
+                if mount.get("Type") == "volume" and mount.get("Driver") and mount.get("Name"):
+                    counts[(mount["Driver"], mount["Name"])] += 1
+        return counts
+    finally:
+        client.close()
+
+
+def docker_holders(manager: MountManager) -> dict[tuple[str, str], list[ConsumerRow]]:
+    """The Docker consumers in the ledger, by (driver, volume name), oldest first."""
+    found: dict[tuple[str, str], list[ConsumerRow]] = {}
+    for row in manager.ledger.consumers():
+        driver, volume = row.info.get("driver"), row.info.get("volume")
+        if row.kind == "docker" and isinstance(driver, str) and isinstance(volume, str):
+            found.setdefault((driver, volume), []).append(row)
+    for rows in found.values():
+        rows.sort(key=lambda r: r.created_at)
+    return found
+
+
+def drop_stale(
+    manager: MountManager,
+    docker_host: str | None = None,
+    *,
+    min_age: float = DEFAULT_MIN_AGE,
+    now: float | None = None,
+) -> StaleReport:
+    """Release the Docker consumers that no container can hold (see the module doc)."""
+    report = StaleReport()
+    holders = docker_holders(manager)
+    if not holders:
+        return report
+    try:
+        containers = holding_containers(docker_host)
+    except Exception as exc:
+        report.error = (
+            f"the Docker engine could not be asked ({type(exc).__name__}); dropped nothing"
+        )
+        event(log, report.error, level=logging.WARNING, docker_host=docker_host)
+        return report
+    now = time.time() if now is None else now
+    for (driver, volume), rows in sorted(holders.items()):
+        old = [r for r in rows if now - r.created_at >= min_age]
+        excess = len(old) - containers[(driver, volume)]
+        for row in old[: max(0, excess)]:
+            ident = row.consumer.partition(":")[2]
+            if manager.release(Consumer("docker", ident)):
+                report.dropped.setdefault(f"{driver}/{volume}", []).append(row.consumer)
+                event(log, "dropped a stale Docker consumer", volume=volume,
+                      consumer=row.consumer, driver=driver)  # fmt: skip
+    return report
