@@ -9,10 +9,8 @@ config file is an error at start-up, not a silently ignored setting.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from mount_core.errors import ConfigError
@@ -183,7 +181,9 @@ def load(
     env = os.environ if env is None else env
     config = Config()
     file_path = path or env.get("HEPVOL_CONFIG") or DEFAULT_FILE
-    if Path(file_path).exists():
+    if os.path.exists(file_path):
+        import tomllib  # here: FlexVolume calls pay for every import
+
         try:
             with open(file_path, "rb") as handle:
                 config = _apply(config, tomllib.load(handle))

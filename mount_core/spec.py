@@ -7,7 +7,6 @@ names the backing mount that serves it (locks, paths and ledger rows use it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -52,6 +51,8 @@ class Credential:
     @property
     def fingerprint(self) -> str:
         """A short digest that tells credentials apart without revealing them."""
+        import hashlib  # here: FlexVolume calls pay for every import
+
         return hashlib.sha256(self.kind.encode() + b"\0" + self.value).hexdigest()[:16]
 
 
@@ -148,6 +149,8 @@ class VolumeSpec:
             if self.credential is None:
                 return base
             identity = {"credential": self.credential.kind + ":" + self.credential.fingerprint}
+        import hashlib
+
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"{base}-{digest[:12]}"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 
 from mount_core import bind
@@ -64,6 +63,8 @@ class LocalBackend(Backend):
         return os.path.join(self.run_dir, os.path.basename(path) + ".pid")
 
     def mount(self, spec: VolumeSpec, path: str) -> None:
+        import subprocess  # here: a FlexVolume call on a mounted volume never needs it
+
         source = self.source_dir(spec)
         for directory in (self.run_dir, self.log_dir):
             os.makedirs(directory, mode=0o700, exist_ok=True)
