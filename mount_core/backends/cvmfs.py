@@ -1,0 +1,219 @@
+"""The ``cvmfs2`` backend: CVMFS repositories served by the real CVMFS client.
+
+Where each kind of volume lives and how it is mounted:
+
+* a plain repository (``atlas.cern.ch``): one system mount per repository at
+  ``<mount root>/cvmfs-<repo>``, made by the mount helper exactly as
+  ``mount -t cvmfs <repo> <dir>`` would run it (``mount.cvmfs <repo> <dir>``) and
+  shared by every consumer through binds. It lives under hepvol's mount root, not
+  ``<cvmfs root>/<repo>``, so that hepvol never competes with a site's own
+  ``/cvmfs`` (fstab or autofs): the helper refuses a second system mount of a
+  repository, and that refusal is reported with a hint instead of being hidden;
+* a pinned repository (``tag``, ``hash``, ``date``) or one with its own
+  ``clientConfig``: a private ``cvmfs2 -o config=FILE <repo> <dir>`` mount at
+  ``<mount root>/<key>``, one per distinct (repo, pin, config), with a generated
+  config under ``<state dir>/cvmfs/<key>/`` (see :mod:`.cvmfs_config`);
+* with ``cvmfs.automount``: hepvol owns an autofs root on ``cvmfs.root`` (see
+  :mod:`.autofs`). A single repository is bound from ``<root>/<repo>`` to
+  ``<mount root>/cvmfs-<repo>`` (that bind keeps the repository alive for its
+  consumers and is what the health loop probes); a whole-tree volume (no
+  repository) is the root itself, bound recursively as a slave into targets.
+  Repositories nobody holds are left to autofs' own idle timeout.
+
+Both FUSE kinds are unmounted with ``fusermount3 -u`` (``fusermount -u``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+
+from mount_core import bind, targets
+from mount_core.backends.autofs import Automounter
+from mount_core.backends.base import Backend
+from mount_core.backends.cvmfs_config import render
+from mount_core.backends.external import (
+    failure,
+    fuse_unmount,
+    fusermount_program,
+    require_executable,
+    run_client,
+)
+from mount_core.config import Config
+from mount_core.errors import MountFailed, Unavailable
+from mount_core.health import HEALTHY, Prober, ProbeResult
+from mount_core.logs import event
+from mount_core.mountinfo import MountEntry, MountTable
+from mount_core.spec import VolumeSpec
+
+log = logging.getLogger("hepvol.cvmfs")
+
+#: mountinfo of a cvmfs2 mount: ``cvmfs2 on <dir> type fuse``.
+FSTYPE, SOURCE = "fuse", "cvmfs2"
+INSTALL = (
+    "the CVMFS client (packages cvmfs and cvmfs-config-default from CERN's repository, "
+    'see https://cvmfs.readthedocs.io), or set cvmfs.client = "local"'
+)
+_ALREADY_MOUNTED_HINT = (
+    "this node already mounts the repository outside hepvol (an fstab entry or the "
+    "site's autofs on /cvmfs?): remove that mount, or set cvmfs.automount = true so that "
+    "hepvol owns the CVMFS root and shares it"
+)
+
+
+class Cvmfs2Backend(Backend):
+    """CVMFS through ``mount.cvmfs``, private ``cvmfs2`` mounts, and optionally autofs."""
+
+    name = "cvmfs2"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.mount_root)
+        self.settings = config.cvmfs
+        self.private_root = os.path.join(config.state_dir, "cvmfs")
+        self.timeout = config.mount_timeout_seconds
+        self.probe_timeout = config.probe_timeout_seconds
+        self.automounter: Automounter | None = None
+        if config.cvmfs.automount:
+            self.automounter = Automounter(
+                config.cvmfs.root,
+                config.cvmfs.automount_program,
+                config.cvmfs.automount_timeout_seconds,
+                config.state_dir,
+                config.mount_timeout_seconds,
+            )
+
+    def check_available(self) -> None:
+        require_executable(self.settings.mount_helper, INSTALL)
+        require_executable(self.settings.cvmfs2, INSTALL)
+        if fusermount_program() is None:
+            raise Unavailable("fusermount3 is missing: install fuse3 on this node")
+        if self.automounter is not None:
+            require_executable(self.settings.automount_program, "autofs")
+
+    # Where --------------------------------------------------------------------
+
+    def path_for(self, spec: VolumeSpec) -> str:
+        if spec.repository is None:
+            if self.automounter is None:
+                raise Unavailable(
+                    "a volume of the whole CVMFS tree (no repository) needs cvmfs.automount = "
+                    "true; otherwise give a repository"
+                )
+            return self.automounter.root
+        return super().path_for(spec)
+
+    def private_dir(self, key: str) -> str:
+        """Generated config, cache and reload sockets of a private mount."""
+        return os.path.join(self.private_root, key)
+
+    def bind_recursive(self, spec: VolumeSpec) -> bool:
+        return spec.repository is None
+
+    # Mounting -------------------------------------------------------------------
+
+    def mount(self, spec: VolumeSpec, path: str) -> None:
+        if spec.repository is None:
+            assert self.automounter is not None
+            self.automounter.ensure()
+            return
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        if spec.pinned:
+            self._mount_private(spec, path)
+        elif self.automounter is not None:
+            self._mount_from_autofs(spec, path)
+        else:
+            self._mount_system(spec, path)
+        entry = MountTable().at(path)
+        if entry is None or not self.owns(entry):
+            raise MountFailed(
+                f"cannot mount {spec.source}: the client reported success but {path} "
+                "is not a cvmfs2 mount"
+            )
+        event(log, "cvmfs mounted", volume=spec.key, path=path,
+              kind="private" if spec.pinned else "system")  # fmt: skip
+
+    def _mount_system(self, spec: VolumeSpec, path: str) -> None:
+        assert spec.repository is not None
+        argv = [self.settings.mount_helper, spec.repository, path]
+        result = run_client(argv, timeout=self.timeout, what=spec.source)
+        if result.returncode != 0:
+            hint = _ALREADY_MOUNTED_HINT if "already mounted" in result.stderr else ""
+            raise failure(spec.source, result, hint)
+
+    def _mount_private(self, spec: VolumeSpec, path: str) -> None:
+        assert spec.repository is not None
+        directory = self.private_dir(spec.key)
+        cache, sockets = os.path.join(directory, "cache"), os.path.join(directory, "run")
+        for made in (directory, cache, sockets):
+            os.makedirs(made, mode=0o755, exist_ok=True)
+        config_file = os.path.join(directory, "client.conf")
+        text = render(spec, self.settings.config_dir, cache, sockets)
+        with open(config_file + ".new", "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(config_file + ".new", config_file)
+        argv = [self.settings.cvmfs2, "-o", f"config={config_file}", spec.repository, path]
+        result = run_client(argv, timeout=self.timeout, what=spec.source)
+        if result.returncode != 0:
+            raise failure(spec.source, result)
+
+    def _mount_from_autofs(self, spec: VolumeSpec, path: str) -> None:
+        assert self.automounter is not None and spec.repository is not None
+        self.automounter.ensure()
+        source = os.path.join(self.automounter.root, spec.repository)
+        entry = MountTable().at(source)
+        if entry is not None and Prober(self.probe_timeout).probe(source).dead:
+            # A crashed client: detach it so that autofs mounts it afresh.
+            fuse_unmount(source, lazy=True, timeout=self.timeout)
+        self.automounter.trigger(spec.repository)
+        with (
+            targets.open_inside(source, "") as opened_source,
+            targets.open_inside(path, "") as opened_path,
+        ):
+            bind.bind_fd(opened_source.fd, opened_path.fd, readonly=True)
+
+    # Unmounting -----------------------------------------------------------------
+
+    def unmount(self, path: str) -> None:
+        if self.automounter is not None and path == self.automounter.root:
+            # The autofs root stays: automount serves the node, repositories expire
+            # by autofs' own timeout.
+            return
+        fuse_unmount(path, lazy=False, timeout=self.timeout)
+        key = os.path.basename(path)
+        directory = self.private_dir(key)
+        if os.path.dirname(path) == os.path.normpath(self.mount_root) and os.path.isdir(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # Questions -------------------------------------------------------------------
+
+    def owns(self, entry: MountEntry) -> bool:
+        if self.automounter is not None and entry.mount_point == self.automounter.root:
+            return entry.fstype == "autofs"
+        inside = entry.mount_point.startswith(os.path.normpath(self.mount_root) + "/")
+        return inside and entry.fstype == FSTYPE and entry.source == SOURCE
+
+    def check_health(self, path: str, prober: Prober) -> ProbeResult | None:
+        """For the autofs root: probe the repositories mounted under it, never the root.
+
+        A dead one is detached, so that autofs mounts it afresh on the next access
+        (and the detach propagates into every whole-tree target).
+        """
+        if self.automounter is None or path != self.automounter.root:
+            return None
+        if self.automounter.pid() is None:
+            self.automounter.ensure()
+        detached = []
+        for entry in list(MountTable().under(path)):
+            if entry.mount_point == path or entry.fstype != FSTYPE:
+                continue
+            if prober.probe(entry.mount_point).dead:
+                with contextlib.suppress(OSError):
+                    bind.unmount(entry.mount_point, lazy=True)
+                detached.append(os.path.basename(entry.mount_point))
+        if detached:
+            event(log, "detached dead repositories under the autofs root; autofs remounts "
+                  "them on the next access", volume=None, repositories=detached,
+                  level=logging.WARNING)  # fmt: skip
+        return ProbeResult(HEALTHY, "")

@@ -1,0 +1,132 @@
+"""Client configuration for private cvmfs2 mounts (pinned or with their own settings).
+
+A private mount (``cvmfs2 -o config=FILE``) reads only FILE, so the file carries
+everything: the site's settings resolved in the client's own order (proxy,
+servers, keys...), then the volume's ``clientConfig``, then what hepvol must
+control for the mount to be private and pinned (its own cache and reload-socket
+directories, and the pin key). Later assignments win, as when the client sources
+its files one after another.
+
+Site files are shell fragments sourced by ``/bin/sh``; hepvol reads the plain
+``NAME=value`` assignments (optionally ``export``-ed or quoted), which is what
+sites write. Conditionals and ``$(...)`` are not evaluated.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+
+from mount_core.errors import InvalidSpec, MountFailed
+from mount_core.spec import VolumeSpec
+
+#: Keys hepvol sets itself; a volume's clientConfig may not set them.
+OWNED_KEYS = (
+    "CVMFS_CACHE_BASE",
+    "CVMFS_CACHE_DIR",
+    "CVMFS_WORKSPACE",
+    "CVMFS_RELOAD_SOCKETS",
+    "CVMFS_REPOSITORY_TAG",
+    "CVMFS_REPOSITORY_DATE",
+    "CVMFS_ROOT_HASH",
+    "CVMFS_ALIEN_CACHE",
+    "CVMFS_CONFIG_REPOSITORY",
+)
+
+
+def site_files(config_dir: str, repository: str) -> list[str]:
+    """The site's config files for ``repository``, in the order the client reads them."""
+    domain = repository.split(".", 1)[1]
+    candidates = [os.path.join(config_dir, "default.conf")]
+    candidates += sorted(glob.glob(os.path.join(glob.escape(config_dir), "default.d", "*.conf")))
+    candidates += [
+        os.path.join(config_dir, "default.local"),
+        os.path.join(config_dir, "domain.d", f"{domain}.conf"),
+        os.path.join(config_dir, "domain.d", f"{domain}.local"),
+        os.path.join(config_dir, "config.d", f"{repository}.conf"),
+        os.path.join(config_dir, "config.d", f"{repository}.local"),
+    ]
+    return [path for path in candidates if os.path.isfile(path)]
+
+
+def parse_assignments(text: str) -> dict[str, str]:
+    """The ``CVMFS_NAME=value`` assignments of a shell config fragment, in order."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export ") :].strip()
+        name, sep, raw = line.partition("=")
+        if not sep or not name.startswith("CVMFS_") or not name.replace("_", "").isalnum():
+            continue
+        try:
+            words = shlex.split(raw, comments=True)
+        except ValueError:
+            continue
+        found[name] = " ".join(words)
+    return found
+
+
+def site_settings(config_dir: str, repository: str) -> dict[str, str]:
+    """The site's resolved settings for ``repository``."""
+    settings: dict[str, str] = {}
+    for path in site_files(config_dir, repository):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                values = parse_assignments(handle.read())
+        except OSError as exc:
+            raise MountFailed(f"cannot read the CVMFS site config {path}: {exc.strerror}") from None
+        if os.path.basename(path) == "default.local":
+            # The client refuses a config repository set here; so do we.
+            values.pop("CVMFS_CONFIG_REPOSITORY", None)
+        settings.update(values)
+    return settings
+
+
+def volume_settings(spec: VolumeSpec) -> dict[str, str]:
+    """The volume's own ``clientConfig`` assignments; hepvol's keys are refused."""
+    if not spec.client_config:
+        return {}
+    values = parse_assignments(spec.client_config)
+    for name in values:
+        if name in OWNED_KEYS:
+            raise InvalidSpec(
+                "clientConfig",
+                name,
+                "is set by hepvol for private mounts; pin with the tag, hash or date options "
+                f"and leave out {', '.join(OWNED_KEYS)}",
+            )
+    return values
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def render(spec: VolumeSpec, config_dir: str, cache_base: str, reload_sockets: str) -> str:
+    """The config file of the private mount serving ``spec``."""
+    assert spec.repository is not None
+    settings = site_settings(config_dir, spec.repository)
+    settings.update(volume_settings(spec))
+    settings.pop("CVMFS_CONFIG_REPOSITORY", None)
+    if not settings.get("CVMFS_HTTP_PROXY"):
+        raise MountFailed(
+            f"cannot mount {spec.source}: CVMFS_HTTP_PROXY is not set (set it in "
+            f"{os.path.join(config_dir, 'default.local')} or in the volume's clientConfig)"
+        )
+    settings.update(
+        CVMFS_CACHE_BASE=cache_base,
+        CVMFS_RELOAD_SOCKETS=reload_sockets,
+        CVMFS_SHARED_CACHE="no",
+    )
+    if spec.tag:
+        settings["CVMFS_REPOSITORY_TAG"] = spec.tag
+    elif spec.date:
+        settings["CVMFS_REPOSITORY_DATE"] = spec.date
+    elif spec.hash:
+        settings["CVMFS_ROOT_HASH"] = spec.hash
+        settings["CVMFS_AUTO_UPDATE"] = "no"
+    lines = [f"# hepvol private mount of {spec.source}; generated, do not edit"]
+    lines += [f"{name}={_quote(value)}" for name, value in settings.items()]
+    return "\n".join(lines) + "\n"

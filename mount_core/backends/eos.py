@@ -1,0 +1,191 @@
+"""The ``eosxd`` backend: EOS instances served by the real EOS FUSE client.
+
+* Shared mount: one per configured instance, at ``<mount root>/eos-<name>``. hepvol
+  writes ``<eos.config_dir>/fuse.<name>.conf`` and runs ``eosxd -ofsname=<name>
+  <dir>``; consumers bring their own credentials, as on CERN's clusters. Every
+  volume of the instance binds its own path from it.
+* Private mount: a volume given a credential (Kerberos ticket cache, OAuth2 token
+  or EOS token) gets its own eosxd, ``fsname`` ``<name>-<digest>`` (the spec key
+  without ``eos-``), whose config points at the credential written 0600, owner
+  root, under ``<state dir>/credentials/<key>/``. The credential is part of the
+  key, so different credentials never share a mount; the directory goes with the
+  mount. The credential's bytes are never logged nor put in an error or status.
+
+Unmounted with ``fusermount3 -u -z`` (``fusermount -u -z``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+
+from mount_core.backends.base import Backend
+from mount_core.backends.eos_config import (
+    CREDENTIAL_AUTH,
+    Instance,
+    lookup,
+    parse_instances,
+    render,
+)
+from mount_core.backends.external import (
+    failure,
+    fuse_unmount,
+    fusermount_program,
+    require_executable,
+    run_client,
+)
+from mount_core.config import Config
+from mount_core.errors import MountFailed, StateError, Unavailable
+from mount_core.logs import event
+from mount_core.mountinfo import MountEntry, MountTable
+from mount_core.spec import Credential, VolumeSpec
+
+log = logging.getLogger("hepvol.eos")
+
+FSTYPES = ("fuse", "fuse.eosxd")
+KEY_PREFIX = "eos-"
+INSTALL = (
+    'the EOS client (package eos-fusex from CERN\'s EOS repository), or set eos.client = "local"'
+)
+
+
+class EosxdBackend(Backend):
+    """EOS through eosxd, one shared mount per instance and one per credential."""
+
+    name = "eosxd"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.mount_root)
+        self.settings = config.eos
+        self.instances = parse_instances(config.eos.instances)
+        self.credentials_root = os.path.join(config.state_dir, "credentials")
+        self.cache_root = os.path.join(config.state_dir, "eos")
+        self.timeout = config.mount_timeout_seconds
+
+    def check_available(self) -> None:
+        require_executable(self.settings.eosxd, INSTALL)
+        if fusermount_program() is None:
+            raise Unavailable("fusermount3 is missing: install fuse3 on this node (eosxd needs it)")
+
+    # Names --------------------------------------------------------------------
+
+    @staticmethod
+    def fsname(key: str) -> str:
+        """eosxd's ``fsname`` for a backing mount: the key without ``eos-``."""
+        return key[len(KEY_PREFIX) :]
+
+    def config_file(self, key: str) -> str:
+        return os.path.join(self.settings.config_dir, f"fuse.{self.fsname(key)}.conf")
+
+    def credential_dir(self, key: str) -> str:
+        return os.path.join(self.credentials_root, key)
+
+    def credential_file(self, key: str, kind: str) -> str:
+        return os.path.join(self.credential_dir(key), CREDENTIAL_AUTH[kind][1])
+
+    # Mounting -------------------------------------------------------------------
+
+    def mount(self, spec: VolumeSpec, path: str) -> None:
+        instance = lookup(self.instances, spec.instance)
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        credential = None
+        if spec.credential is not None:
+            credential = (spec.credential.kind, self._write_credential(spec.key, spec.credential))
+        try:
+            self._write_config(instance, spec.key, path, credential)
+            argv = [self.settings.eosxd, f"-ofsname={self.fsname(spec.key)}", path]
+            result = run_client(argv, timeout=self.timeout, what=spec.source)
+            if result.returncode != 0:
+                raise failure(spec.source, result)
+            entry = MountTable().at(path)
+            if entry is None or not self.owns(entry):
+                raise MountFailed(
+                    f"cannot mount {spec.source}: eosxd reported success but {path} is not mounted"
+                )
+        except BaseException:
+            self._forget(spec.key)
+            raise
+        event(log, "eos mounted", volume=spec.key, path=path, instance=instance.name,
+              private=credential is not None)  # fmt: skip
+
+    def _write_config(
+        self, instance: Instance, key: str, path: str, credential: tuple[str, str] | None
+    ) -> None:
+        os.makedirs(self.settings.config_dir, mode=0o755, exist_ok=True)
+        cache = os.path.join(self.cache_root, key)
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        target = self.config_file(key)
+        text = render(instance, self.fsname(key), path, cache, credential)
+        fd = os.open(target + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(target + ".new", target)
+
+    def _write_credential(self, key: str, credential: Credential) -> str:
+        """Write the credential 0600 (owner root, no group/other bits: eosxd insists)."""
+        os.makedirs(self.credentials_root, mode=0o700, exist_ok=True)
+        directory = self.credential_dir(key)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        path = self.credential_file(key, credential.kind)
+        tmp = path + ".new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o600)
+            os.write(fd, credential.value)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
+
+    def _forget(self, key: str) -> None:
+        """Remove the config, caches and credential of a backing mount."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config_file(key))
+        shutil.rmtree(os.path.join(self.cache_root, key), ignore_errors=True)
+        shutil.rmtree(self.credential_dir(key), ignore_errors=True)
+
+    def unmount(self, path: str) -> None:
+        fuse_unmount(path, lazy=True, timeout=self.timeout)
+        key = os.path.basename(path)
+        if os.path.dirname(path) == os.path.normpath(self.mount_root) and key.startswith(
+            KEY_PREFIX
+        ):
+            self._forget(key)
+
+    def revive(self, data: dict[str, object], key: str) -> VolumeSpec:
+        """Rebuild a spec for a remount; a private mount gets its credential file back."""
+        stored = data.get("credential")
+        if not isinstance(stored, dict):
+            return VolumeSpec.from_public(data)
+        kind = str(stored.get("kind"))
+        try:
+            with open(self.credential_file(key, kind), "rb") as handle:
+                value = handle.read()
+        except (OSError, KeyError):
+            raise StateError(
+                f"the credential of {key} is gone from {self.credential_dir(key)}; "
+                "release the volume and publish it again with its credential"
+            ) from None
+        credential = Credential(kind, value)
+        if credential.fingerprint != stored.get("fingerprint"):
+            raise StateError(f"the credential file of {key} does not match the volume")
+        return VolumeSpec.from_public(data, credential)
+
+    def owns(self, entry: MountEntry) -> bool:
+        if entry.fstype not in FSTYPES:
+            return False
+        parent, key = os.path.split(entry.mount_point)
+        return (
+            parent == os.path.normpath(self.mount_root)
+            and key.startswith(KEY_PREFIX)
+            and entry.source == self.fsname(key)
+        )

@@ -1,0 +1,96 @@
+"""Running the real FUSE clients (mount.cvmfs, cvmfs2, eosxd) and fusermount.
+
+The clients daemonise themselves: the command returns once the mount is made
+(or fails with a message on stderr), and the FUSE server it leaves behind is not
+our child, so it outlives the daemon. Commands are argument lists, never a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from mount_core import bind
+from mount_core.errors import MountFailed, MountTimeout, Unavailable
+
+#: The client's own failure line, e.g. ``Failed to mount (16 - file catalog failure)``.
+_CODE_LINE = re.compile(r"\(\d+ - [^)]*\)")
+
+
+def client_message(output: str) -> str:
+    """The line of a client's output that says why it failed.
+
+    A ``(N - text)`` line wins (cvmfs2's own reason); otherwise the last non-empty line.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _CODE_LINE.search(line):
+            return line
+    return lines[-1] if lines else "no message"
+
+
+def run_client(
+    argv: Sequence[str], *, timeout: float, what: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a client command to completion within ``timeout`` seconds."""
+    try:
+        return subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            close_fds=True,
+        )
+    except FileNotFoundError:
+        raise Unavailable(f"cannot mount {what}: {argv[0]} is not installed") from None
+    except PermissionError:
+        raise Unavailable(f"cannot mount {what}: {argv[0]} is not executable") from None
+    except subprocess.TimeoutExpired:
+        raise MountTimeout(
+            f"cannot mount {what}: {os.path.basename(argv[0])} did not finish within "
+            f"{timeout:g} s (mount_timeout_seconds)"
+        ) from None
+
+
+def require_executable(path: str, package: str) -> None:
+    """Raise :class:`Unavailable` naming ``package`` when ``path`` cannot be run."""
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise Unavailable(f"{path} is missing: install {package} on this node")
+
+
+def fusermount_program() -> str | None:
+    """``fusermount3`` where installed, else ``fusermount``."""
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def fuse_unmount(path: str, *, lazy: bool, timeout: float) -> None:
+    """Unmount a FUSE mount as its client expects (``fusermount3 -u [-z]``).
+
+    A mount that fusermount cannot remove (a dead or hung server) is detached
+    lazily with umount2, so the path is free for a remount afterwards.
+    """
+    program = fusermount_program()
+    if program is not None:
+        argv = [program, "-u", *(["-z"] if lazy else []), path]
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            if run_client(argv, timeout=timeout, what=path).returncode == 0:
+                return
+    with contextlib.suppress(OSError):
+        bind.unmount(path, lazy=True)
+
+
+def failure(what: str, result: subprocess.CompletedProcess[str], hint: str = "") -> MountFailed:
+    """The error a user sees when a client exits non-zero: its own words, quoted."""
+    reason = client_message(result.stderr + "\n" + result.stdout)
+    stage = {
+        1: "a check failed before the client started",
+        32: "the client started and failed",
+    }.get(result.returncode, f"exit code {result.returncode}")
+    extra = f"; {hint}" if hint else ""
+    return MountFailed(f"cannot mount {what}: {stage}: {reason!r}{extra}")
