@@ -69,18 +69,27 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def bind_fd(source_fd: int, target_fd: int, *, readonly: bool, recursive: bool = False) -> None:
+def bind_fd(
+    source_fd: int,
+    target_fd: int,
+    *,
+    readonly: bool,
+    recursive: bool = False,
+    propagation: int = 0,
+) -> None:
     """Bind the directory open at ``source_fd`` onto the one open at ``target_fd``.
 
     Uses the new mount API (open_tree, mount_setattr, move_mount): the bind is
     read-only, nosuid and nodev *before* it appears at the target, so no consumer
     can ever see it writable, and both ends are file descriptors, so no path can
-    be swapped underneath.
+    be swapped underneath. ``propagation`` (e.g. ``MS_SLAVE``) is set on the new
+    tree the same way, before it is attached.
     """
     flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
     tree = _check(_libc.syscall(_SYS_OPEN_TREE, source_fd, b"", flags), "open_tree")
     try:
-        attr = _MountAttr(_ATTR_NOSUID | _ATTR_NODEV | (_ATTR_RDONLY if readonly else 0), 0, 0, 0)
+        flags_set = _ATTR_NOSUID | _ATTR_NODEV | (_ATTR_RDONLY if readonly else 0)
+        attr = _MountAttr(flags_set, 0, propagation, 0)
         setattr_flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
         _check(
             _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", setattr_flags, ctypes.byref(attr),

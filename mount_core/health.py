@@ -98,7 +98,8 @@ class HealthMonitor:
         backend = self.manager.backends.named(row.backend) if row else None
         if entry is None or backend is None or not backend.owns(entry):
             return ProbeResult(FAILED, "not mounted", dead=True)
-        return self.prober.probe(path)
+        own = backend.check_health(path, self.prober)
+        return self.prober.probe(path) if own is None else own
 
     def run_once(self) -> dict[str, ProbeResult]:
         """One pass: probe every mount, repair the dead, unmount the long idle."""

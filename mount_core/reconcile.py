@@ -21,6 +21,7 @@ from mount_core.ledger import BackingRow, ConsumerRow
 from mount_core.logs import event
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
+from mount_core.spec import VolumeSpec
 
 log = logging.getLogger("hepvol.reconcile")
 
@@ -62,7 +63,10 @@ def _rebind(manager: MountManager, backing: BackingRow, consumer: ConsumerRow) -
         targets.open_target(consumer.target, manager.config.target_roots, create=False) as opened,
         targets.open_inside(backing.path, consumer.subpath) as source,
     ):
-        bind.bind_fd(source.fd, opened.fd, readonly=consumer.readonly)
+        backend = manager.backends.named(backing.backend)
+        recursive = backend.bind_recursive(VolumeSpec.from_public(backing.spec))
+        bind.bind_fd(source.fd, opened.fd, readonly=consumer.readonly, recursive=recursive,
+                     propagation=bind.MS_SLAVE if recursive else 0)  # fmt: skip
     manager.ledger.set_consumer_state(consumer.id, "active")
 
 

@@ -23,6 +23,22 @@ class Backends:
                 config.mount_timeout_seconds,
             ),
         }  # fmt: skip
+        if config.cvmfs.client == "cvmfs2":
+            from mount_core.backends.cvmfs import Cvmfs2Backend
+
+            self.register(Cvmfs2Backend(config))
+        if config.eos.client == "eosxd":
+            from mount_core.backends.eos import EosxdBackend
+
+            self.register(EosxdBackend(config))
+
+    def check_available(self) -> None:
+        """Raise Unavailable (saying what to install) when a configured client is missing.
+
+        Daemons call this at start-up, so a node without its clients fails at once.
+        """
+        for backend in self._by_name.values():
+            backend.check_available()
 
     def register(self, backend: Backend) -> None:
         self._by_name[backend.name] = backend

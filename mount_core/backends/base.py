@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mount_core.mountinfo import MountEntry
 from mount_core.spec import VolumeSpec
+
+if TYPE_CHECKING:
+    from mount_core.health import Prober, ProbeResult
 
 
 class Backend(ABC):
@@ -48,3 +51,20 @@ class Backend(ABC):
 
     def check_available(self) -> None:  # noqa: B027 - most backends need no check
         """Raise :class:`~mount_core.errors.Unavailable` when the client is missing."""
+
+    def bind_recursive(self, spec: VolumeSpec) -> bool:
+        """True when targets of ``spec`` need a recursive bind made a slave.
+
+        A tree whose sub-mounts come and go (an autofs root) must be bound
+        recursively and receive later mounts from the host, or the sub-mounts are
+        missing in the target and access gives ELOOP.
+        """
+        return False
+
+    def check_health(self, path: str, prober: Prober) -> ProbeResult | None:
+        """This backend's own probe of the backing mount at ``path``, or None for the default.
+
+        For mounts that must not be probed directly (an autofs root: a probe would
+        keep its repositories from expiring), a backend probes what lies behind them.
+        """
+        return None

@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="directory to serve")
     parser.add_argument("mountpoint")
     parser.add_argument("--fsname", default="hepvol")
+    parser.add_argument(
+        "--subtype", default="hepvol", help="FUSE subtype ('' for plain 'fuse', as cvmfs2 shows)"
+    )
     parser.add_argument("--pidfile")
     parser.add_argument("--log")
     parser.add_argument("--foreground", action="store_true")
@@ -200,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     options.discard("default_permissions")
     options |= {
         f"fsname={args.fsname}",
-        "subtype=hepvol",
         "ro",
         "allow_other",
         "default_permissions",
     }
+    if args.subtype:
+        options.add(f"subtype={args.subtype}")
     try:
         pyfuse3.init(ReadOnlyTree(args.source), args.mountpoint, options)
     except Exception as exc:  # report any start-up failure through the pipe
@@ -214,9 +218,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cannot mount {args.mountpoint}: {exc}", file=sys.stderr)
         return 1
     if args.pidfile:
-        with open(args.pidfile + ".tmp", "w") as handle:
-            handle.write(f"{os.getpid()}\n")
-        os.replace(args.pidfile + ".tmp", args.pidfile)
+        try:
+            with open(args.pidfile + ".tmp", "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            os.replace(args.pidfile + ".tmp", args.pidfile)
+        except OSError as exc:
+            # Without a pidfile nobody could stop this server: take the mount down.
+            pyfuse3.close(unmount=True)
+            message = f"cannot write {args.pidfile}: {exc.strerror}"
+            if ready >= 0:
+                os.write(ready, message.encode())
+            else:
+                print(message, file=sys.stderr)
+            return 1
     if ready >= 0:
         os.write(ready, b"ok")
         os.close(ready)
