@@ -168,14 +168,17 @@ class Ledger:
                 raise StateError(f"ledger {self.path} is unavailable: {exc}") from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StateError(f"ledger {self.path}: commit failed: {exc}") from None
+                self._rollback()
+                raise StateError(f"ledger {self.path}: {exc}; nothing was changed") from None
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

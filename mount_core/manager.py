@@ -231,11 +231,16 @@ class MountManager:
             targets.release(target, roots, remove_dir=False)
         with targets.open_target(target, roots, create=True) as opened:
             if existing is None:
-                row_id = self.ledger.add_consumer(
-                    spec.key, consumer.id, consumer.kind, target=target, subpath=spec.subpath,
-                    readonly=readonly, state="binding", created_target=opened.created,
-                    info=consumer.info,
-                )  # fmt: skip
+                try:
+                    row_id = self.ledger.add_consumer(
+                        spec.key, consumer.id, consumer.kind, target=target,
+                        subpath=spec.subpath, readonly=readonly, state="binding",
+                        created_target=opened.created, info=consumer.info,
+                    )  # fmt: skip
+                except BaseException:
+                    if opened.created:
+                        targets.release(target, roots, remove_dir=True)
+                    raise
             else:
                 row_id = existing.id
             try:
@@ -252,7 +257,14 @@ class MountManager:
                 raise MountFailed(
                     f"cannot bind {spec.source} onto {target}: {exc.strerror}"
                 ) from None
-        self.ledger.set_consumer_state(row_id, "active")
+        try:
+            self.ledger.set_consumer_state(row_id, "active")
+        except StateError:
+            # Not recorded as done, so not done: take the bind down again.
+            targets.release(target, roots, remove_dir=opened.created)
+            with contextlib.suppress(StateError):
+                self.ledger.delete_consumer(row_id)
+            raise
         event(log, "published", volume=spec.key, consumer=consumer.id, target=target)
 
     def release(self, consumer: Consumer) -> bool:
