@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
-from bench.common import machine, measure, table
+from bench.common import machine, measure, median, table
 from mount_core import bind
 from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
@@ -90,11 +92,53 @@ def run(count: int) -> str:
     return out + f"\ncold mount (local backend, first acquire): {cold_ms:.1f} ms\n"
 
 
+def _wall(command: list[str], env: dict[str, str], rounds: int) -> float:
+    """Median wall time of a command, in ms."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    return median(times) * 1000
+
+
+def run_scale(consumers: int) -> str:
+    """reconcile() and `hepvol status` with many published consumers."""
+    workdir = tempfile.mkdtemp(prefix="hepvol-bench-")
+    manager = world(workdir)
+    spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
+    targets_root = manager.config.target_roots[0]
+    try:
+        for i in range(consumers):
+            target = os.path.join(targets_root, f"pod-{i}")
+            manager.publish(spec, Consumer("csi", target), target)
+        reconcile = measure(lambda _i: manager.reconcile(), 5, warmup=1)
+        env = dict(os.environ, HEPVOL_STATE_DIR=manager.config.state_dir,
+                   HEPVOL_MOUNT_ROOT=manager.config.mount_root,
+                   HEPVOL_TARGET_ROOTS=targets_root, HEPVOL_CONFIG=os.devnull)  # fmt: skip
+        bare = _wall([sys.executable, "-c", "pass"], env, 10)
+        status = _wall([sys.executable, "-m", "mount_core.cli", "status"], env, 5)
+        status_json = _wall([sys.executable, "-m", "mount_core.cli", "status", "--json"], env, 5)
+    finally:
+        teardown(manager, workdir)
+    return table(
+        f"core at scale: {consumers} published consumers",
+        ["measurement", "ms", "floor", "floor ms", "ratio"],
+        [
+            ("reconcile() (nothing to fix)", reconcile.p50_ms, "-", "-", "-"),
+            ("hepvol status", status, "python -c pass", bare, round(status / bare, 1)),
+            ("hepvol status --json", status_json, "python -c pass", bare,
+             round(status_json / bare, 1)),
+        ],
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     args = parser.parse_args(argv)
     print(run(200 if args.quick else 3000))
+    print(run_scale(50 if args.quick else 1000))
     return 0
 
 
