@@ -89,6 +89,7 @@ class Call:
         import json
 
         from flexvolume.options import parse
+        from mount_core import targets
         from mount_core.consumer import Consumer
         from mount_core.errors import InvalidSpec
         from mount_core.logs import event
@@ -98,6 +99,7 @@ class Call:
         except ValueError as exc:
             raise InvalidSpec("mount options", raw, f"are not valid JSON ({exc})") from None
         request = parse(self.backend, options)
+        target = targets.normalize(target)  # a clear message before anything else sees it
         start = time.perf_counter()
         manager.publish(request.spec, Consumer("flex", target, info=request.info), target,
                         readonly=request.readonly)  # fmt: skip

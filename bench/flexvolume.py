@@ -1,0 +1,143 @@
+"""FlexVolume call latency, side by side with a bare interpreter start.
+
+Each kubelet call is a fresh process, so what a pod waits for is interpreter
+start + imports + the work. This runs the installed ``cern~cvmfs/cvmfs`` launcher
+exactly as kubelet does, interleaved round by round with ``python -c pass`` (the
+same interpreter) so that the ratio survives a noisy machine:
+
+- ``init``;
+- ``mount`` of a repository that is already mounted (another pod holds it), into
+  a fresh pod dir created 0750 like kubelet does;
+- ``unmount`` of that pod dir (the backing mount stays: the other pod holds it).
+
+Run as root: ``python -m bench.flexvolume [--quick] [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import Timing, machine, table
+from flexvolume import install
+from mount_core.config import Config, LocalConfig
+from mount_core.manager import MountManager
+
+SAMPLE = "bench.hepvol.org"
+OPTIONS = {
+    "repository": SAMPLE,
+    "kubernetes.io/fsType": "",
+    "kubernetes.io/readwrite": "ro",
+    "kubernetes.io/pvOrVolumeName": "cvmfs",
+    "kubernetes.io/pod.name": "bench",
+    "kubernetes.io/pod.namespace": "default",
+    "kubernetes.io/pod.uid": "00000000-0000-0000-0000-000000000000",
+    "kubernetes.io/serviceAccount.name": "default",
+}
+
+
+def world(workdir: str) -> tuple[Config, str]:
+    """A private hepvol world with a config file; returns it and the driver's path."""
+    for name in ("state", "mounts", "kubelet/pods", f"repositories/{SAMPLE}"):
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
+        handle.write("bench\n")
+    config = Config(
+        state_dir=os.path.join(workdir, "state"),
+        mount_root=os.path.join(workdir, "mounts"),
+        target_roots=(os.path.join(workdir, "kubelet"),),
+        local=LocalConfig(root=os.path.join(workdir, "repositories")),
+    ).validate()
+    config_path = os.path.join(workdir, "config.toml")
+    with open(config_path, "w") as handle:
+        handle.write(
+            f'state_dir = "{config.state_dir}"\nmount_root = "{config.mount_root}"\n'
+            f'target_roots = ["{config.target_roots[0]}"]\n[local]\nroot = "{config.local.root}"\n'
+        )
+    plugins = os.path.join(workdir, "plugins")
+    install.install(plugins, config_path)
+    return config, install.driver_path(plugins, "cvmfs")
+
+
+def call(argv: list[str]) -> float:
+    """Run one process as kubelet would (clean environment); return its wall time."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, env={}, capture_output=True, check=False)
+    seconds = time.perf_counter() - start
+    if argv[-1] != "pass" and (result.returncode != 0 or result.stderr):
+        raise RuntimeError(f"{argv[1:3]} failed: {result.stdout!r} {result.stderr!r}")
+    if argv[-1] != "pass" and json.loads(result.stdout)["status"] != "Success":
+        raise RuntimeError(f"{argv[1:3]}: {result.stdout!r}")
+    return seconds
+
+
+def pod_dir(config: Config, n: int) -> str:
+    path = os.path.join(config.target_roots[0], "pods", f"pod-{n}")
+    os.mkdir(path, 0o750)
+    return path
+
+
+def run(rounds: int, workdir: str) -> dict[str, Timing]:
+    config, driver = world(workdir)
+    options = json.dumps(OPTIONS)
+    python = sys.executable
+    keeper = pod_dir(config, -100)
+    call([driver, "mount", keeper, options])
+    names = ("python -c pass", "python -IS -c pass", "init", "mount (mounted repo)", "unmount")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    try:
+        for n in range(-5, rounds):
+            target = pod_dir(config, n)
+            times = [
+                call([python, "-c", "pass"]),
+                call([python, "-IS", "-c", "pass"]),
+                call([driver, "init"]),
+                call([driver, "mount", target, options]),
+                call([driver, "unmount", target]),
+            ]
+            os.rmdir(target)
+            if n >= 0:  # the first rounds warm the page cache
+                for name, seconds in zip(names, times, strict=True):
+                    samples[name].append(seconds)
+    finally:
+        call([driver, "unmount", keeper])
+        MountManager(config).gc_idle()
+    wall = time.perf_counter() - started
+    return {name: Timing(values, wall) for name, values in samples.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.flexvolume", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20 rounds (CI smoke run)")
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args(argv)
+    rounds = 20 if args.quick else args.rounds
+    workdir = tempfile.mkdtemp(prefix="hepvol-bench-flex-")
+    try:
+        timings = run(rounds, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    bare = timings["python -c pass"].p50_ms
+    rows = [(name, t.p50_ms, t.p99_ms, f"{t.p50_ms / bare:.2f}x") for name, t in timings.items()]
+    print(machine())
+    print(
+        table(
+            f"FlexVolume calls as kubelet makes them ({rounds} interleaved rounds, ms)",
+            ("process", "p50 ms", "p99 ms", "p50 / bare python"),
+            rows,
+        )
+    )
+    mount = timings["mount (mounted repo)"].p50_ms
+    print(f"mount of an already-mounted repository: {mount / bare:.2f}x bare python (goal 1.30x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
