@@ -1,0 +1,75 @@
+"""What the stand-in clients share: their control directory, call records, FUSE server.
+
+Each stand-in is run through a small wrapper that a test writes (see
+:mod:`tests.standins.world`), which sets ``HEPVOL_STANDIN`` to the test's control
+directory. It holds:
+
+* ``settings.json``: where the test's repositories, EOS trees and site configs are;
+* ``calls.jsonl``: one record per invocation (tool, argv, the config it read);
+* ``fail/<tool>``: when present, the tool fails like the real client after its
+  checks, with the file's ``N - text`` (exit 32 for the CVMFS tools);
+* ``run/``: pid files of the FUSE servers started, for cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+CONTROL_ENV = "HEPVOL_STANDIN"
+
+
+def control() -> Path:
+    return Path(os.environ[CONTROL_ENV])
+
+
+def settings() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((control() / "settings.json").read_text())
+    return data
+
+
+def record(tool: str, argv: list[str], **extra: Any) -> None:
+    with open(control() / "calls.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"tool": tool, "argv": argv, **extra}) + "\n")
+
+
+def forced_failure(tool: str) -> str | None:
+    """The ``N - text`` a test asked ``tool`` to fail with, if any."""
+    path = control() / "fail" / tool
+    return path.read_text().strip() if path.exists() else None
+
+
+def die(message: str, code: int) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def is_mounted(path: str, source: str | None = None) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            parts = line.split(" ")
+            sep = parts.index("-", 6)
+            if parts[4] == path and (source is None or parts[sep + 2] == source):
+                return True
+    return False
+
+
+def serve(source: str, mount_point: str, fsname: str, name: str) -> None:
+    """Start the read-only FUSE server (it daemonises, like the real clients)."""
+    run = control() / "run"
+    run.mkdir(exist_ok=True)
+    command = [
+        settings()["python"], "-m", "mount_core.backends.localfs",
+        "--fsname", fsname, "--subtype", "",
+        "--pidfile", str(run / f"{name}.pid"),
+        "--log", str(run / f"{name}.log"),
+        source, mount_point,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=settings()["repo"])
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        die(result.stderr.strip() or "fuse: failed to mount", 32)

@@ -1,0 +1,125 @@
+"""Stand-ins for ``mount.cvmfs`` and ``cvmfs2``: the real command lines, checks and exit codes.
+
+``mount.cvmfs <repo> <dir> [-o opts]`` (as mount(8) runs it) reads the site
+config in the client's order and exits 1 with the helper's own words when a check
+fails before the client would start (``Invalid repository: X``, ``CVMFS_HTTP_PROXY
+required``, ``Repository X is already mounted on Y``). ``cvmfs2 -o config=FILE
+<repo> <dir>`` reads only FILE and needs its cache, sockets and proxy settings.
+Both then serve ``<repositories>/<repo>`` (``<repo>@<tag>``, ``<repo>#<hash>``,
+``<repo>@<date>`` when pinned) as a real FUSE mount showing ``cvmfs2`` of type
+``fuse``, or fail with exit 32 and a ``(N - text)`` line.
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from tests.standins import common
+
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CATALOG_FAILURE = "Failed to initialize root file catalog (16 - file catalog failure)"
+
+
+def parse(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        line = line.strip().removeprefix("export ").strip()
+        name, sep, value = line.partition("=")
+        if sep and name.startswith("CVMFS_"):
+            found[name] = " ".join(shlex.split(value, comments=True))
+    return found
+
+
+def site_config(config_dir: Path, fqrn: str) -> dict[str, str]:
+    domain = fqrn.split(".", 1)[1]
+    files = [config_dir / "default.conf", *sorted((config_dir / "default.d").glob("*.conf"))]
+    files += [config_dir / "default.local", config_dir / "domain.d" / f"{domain}.conf",
+              config_dir / "domain.d" / f"{domain}.local", config_dir / "config.d" / f"{fqrn}.conf",
+              config_dir / "config.d" / f"{fqrn}.local"]  # fmt: skip
+    values: dict[str, str] = {}
+    for path in files:
+        if path.is_file():
+            values.update(parse(path.read_text()))
+    return values
+
+
+def _source(fqrn: str, values: dict[str, str]) -> Path:
+    repos = Path(common.settings()["repos"])
+    if values.get("CVMFS_REPOSITORY_TAG"):
+        return repos / f"{fqrn}@{values['CVMFS_REPOSITORY_TAG']}"
+    if values.get("CVMFS_ROOT_HASH"):
+        return repos / f"{fqrn}#{values['CVMFS_ROOT_HASH']}"
+    if values.get("CVMFS_REPOSITORY_DATE"):
+        return repos / f"{fqrn}@{values['CVMFS_REPOSITORY_DATE']}"
+    return repos / fqrn
+
+
+def _start(tool: str, fqrn: str, mount_point: str, values: dict[str, str]) -> None:
+    forced = common.forced_failure(tool)
+    if forced is not None:
+        common.die(f"CernVM-FS: loading Fuse module... Failed to mount ({forced})", 32)
+    source = _source(fqrn, values)
+    if not source.is_dir():
+        common.die(f"CernVM-FS: loading Fuse module... {_CATALOG_FAILURE}", 32)
+    name = f"{tool}-{os.path.basename(mount_point)}"
+    common.serve(str(source), mount_point, "cvmfs2", name)
+    print(f"CernVM-FS: mounted cvmfs on {mount_point}")
+
+
+def mount_helper(argv: list[str]) -> None:
+    try:
+        options, args = getopt.gnu_getopt(argv, "vfnho:")
+    except getopt.GetoptError:
+        common.die("Mount helper for CernVM-FS.  Used by mount(8)", 1)
+    common.record("mount.cvmfs", argv)
+    if len(args) != 2:
+        common.die("Mount helper for CernVM-FS.  Used by mount(8)", 1)
+    device, mount_point = os.path.basename(args[0]), args[1]
+    if not _REPO.fullmatch(device):
+        common.die(f"Invalid repository: {device}", 1)
+    if "." not in device:
+        common.die("CVMFS_DEFAULT_DOMAIN missing", 1)
+    values = site_config(Path(common.settings()["cvmfs_config_dir"]), device)
+    if not os.path.exists("/dev/fuse"):
+        common.die("Fuse not loaded", 1)
+    if not values.get("CVMFS_HTTP_PROXY"):
+        common.die("CVMFS_HTTP_PROXY required", 1)
+    registry = common.control() / "mounted"
+    registry.mkdir(exist_ok=True)
+    previous = registry / device
+    if previous.exists():
+        where = previous.read_text()
+        if common.is_mounted(where, "cvmfs2"):
+            common.die(f"Repository {device} is already mounted on {where}", 1)
+    _start("mount.cvmfs", device, mount_point, values)
+    previous.write_text(mount_point)
+
+
+def cvmfs2(argv: list[str]) -> None:
+    try:
+        options, args = getopt.gnu_getopt(argv, "fdo:")
+    except getopt.GetoptError as exc:
+        common.die(f"Invalid option: {exc}", 1)
+    flat = ",".join(value for flag, value in options if flag == "-o").split(",")
+    config_file = next((o.split("=", 1)[1] for o in flat if o.startswith("config=")), None)
+    text = Path(config_file).read_text() if config_file and Path(config_file).is_file() else None
+    common.record("cvmfs2", argv, config=text)
+    if len(args) != 2 or text is None:
+        common.die("usage: cvmfs2 [-h] [-V] -o config=<config file> <fqrn> <mountpoint>", 1)
+    values = parse(text)
+    for key in ("CVMFS_CACHE_BASE", "CVMFS_RELOAD_SOCKETS", "CVMFS_HTTP_PROXY"):
+        if not values.get(key):
+            common.die(f"Failed to read configuration: {key} required (1 - options failure)", 1)
+    if not os.path.isdir(values["CVMFS_CACHE_BASE"]):
+        common.die("Failed to setup cache in {} (9 - cache directory/plugin problem)".format(
+            values["CVMFS_CACHE_BASE"]), 9)  # fmt: skip
+    _start("cvmfs2", args[0], args[1], values)
+
+
+if __name__ == "__main__":
+    {"mount.cvmfs": mount_helper, "cvmfs2": cvmfs2}[sys.argv[1]](sys.argv[2:])
