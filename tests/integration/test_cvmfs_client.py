@@ -123,7 +123,7 @@ def test_client_config_may_not_set_what_hepvol_controls(
 ) -> None:
     spec = VolumeSpec(backend="cvmfs", repository=SAMPLE, client_config="CVMFS_CACHE_BASE=/tmp\n")
     target = hepvol_env.targets / "t"
-    with pytest.raises(InvalidSpec, match="clientConfig.*CVMFS_CACHE_BASE"):
+    with pytest.raises(InvalidSpec, match=r"clientConfig.*CVMFS_CACHE_BASE"):
         hepvol_env.manager().publish(spec, csi(target), str(target))
     assert clients.calls() == [] and _ours(hepvol_env) == [] and not target.exists()
 

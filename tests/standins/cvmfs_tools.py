@@ -73,7 +73,7 @@ def _start(tool: str, fqrn: str, mount_point: str, values: dict[str, str]) -> No
 
 def mount_helper(argv: list[str]) -> None:
     try:
-        options, args = getopt.gnu_getopt(argv, "vfnho:")
+        _options, args = getopt.gnu_getopt(argv, "vfnho:")
     except getopt.GetoptError:
         common.die("Mount helper for CernVM-FS.  Used by mount(8)", 1)
     common.record("mount.cvmfs", argv)
