@@ -9,7 +9,16 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv autof
                 util-linux procps iproute2 docker.io busybox-static
 PYTEST_ARGS ?=
 
-.PHONY: all setup root apt venv run test lint bench clean
+.PHONY: all setup root apt venv run test lint bench clean tools manifests
+
+# Pinned tools for the chart checks (tests/e2e/test_helm.py), built with `go install`
+# into .tools/ (ignored). Go's module and build caches (~/go, ~/.cache/go-build)
+# are kept between runs; the stamps make a second run a no-op.
+TOOLS := $(CURDIR)/.tools
+HELM_VERSION := v3.22.0
+KUBECONFORM_VERSION := v0.7.0
+# The Kubernetes release whose OpenAPI schema every rendered object must match.
+K8S_VERSION := v1.35.4
 
 all: test
 
@@ -43,12 +52,33 @@ lint: venv
 
 # The whole suite, in a private mount namespace so that nothing a test mounts can
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.
-test: setup lint
+test: setup lint tools
 	unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
 	unshare --mount --propagation private -- $(PY) -m bench --quick
 
 bench: setup
 	unshare --mount --propagation private -- $(PY) -m bench
+
+tools: $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION) \
+       $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done
+$(TOOLS)/.helm-%:
+	GOBIN=$(TOOLS)/bin go install helm.sh/helm/v3/cmd/helm@$*
+	@touch $@
+$(TOOLS)/.kubeconform-%:
+	GOBIN=$(TOOLS)/bin go install github.com/yannh/kubeconform/cmd/kubeconform@$*
+	@touch $@
+# The k8s.io/kubernetes module zip ships api/openapi-spec; turn it into strict schemas.
+$(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done: deploy/helm/openapi2jsonschema.py
+	@set -e; start=$$(date +%s); \
+	dir=$$(cd /tmp && go mod download -json k8s.io/kubernetes@$(K8S_VERSION) | \
+	       $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'); \
+	$(PYTHON) deploy/helm/openapi2jsonschema.py $$dir/api/openapi-spec/swagger.json $(@D); \
+	echo "k8s.io/kubernetes@$(K8S_VERSION) schemas ready in $$(( $$(date +%s) - start )) s"
+	@touch $@
+
+# Re-render deploy/kubernetes/ after changing the chart.
+manifests: tools
+	deploy/helm/render-manifests
 
 clean:
 	rm -rf $(VENV) .stamp-apt .stamp-venv build *.egg-info

@@ -1,0 +1,97 @@
+{{/* Names, labels and shared fragments of the hepvol chart. */}}
+
+{{- define "hepvol.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hepvol.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "hepvol.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The enabled drivers, as a list: cvmfs and/or eos. */}}
+{{- define "hepvol.drivers" -}}
+{{- $found := list -}}
+{{- range $driver := list "cvmfs" "eos" -}}
+{{- if (index $.Values.drivers $driver).enabled -}}
+{{- $found = append $found $driver -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $found -}}
+{{- end -}}
+
+{{- define "hepvol.csiName" -}}
+{{- printf "%s.csi.cern.ch" . -}}
+{{- end -}}
+
+{{- define "hepvol.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{- define "hepvol.targetRoot" -}}
+{{- printf "%s/pods" (trimSuffix "/" .Values.kubeletDir) -}}
+{{- end -}}
+
+{{/*
+/etc/hepvol/config.toml: the keys of mount_core/config.py. Strings go through
+toJson, which yields valid TOML basic strings.
+*/}}
+{{- define "hepvol.configToml" -}}
+state_dir = {{ .Values.hepvol.stateDir | toJson }}
+mount_root = {{ .Values.hepvol.mountRoot | toJson }}
+target_roots = [{{ include "hepvol.targetRoot" . | toJson }}]
+idle_unmount_seconds = {{ .Values.hepvol.idleUnmountSeconds }}
+health_interval_seconds = {{ .Values.hepvol.healthIntervalSeconds }}
+mount_timeout_seconds = {{ .Values.hepvol.mountTimeoutSeconds }}
+lock_timeout_seconds = {{ .Values.hepvol.lockTimeoutSeconds }}
+probe_timeout_seconds = {{ .Values.hepvol.probeTimeoutSeconds }}
+log_level = {{ .Values.hepvol.logLevel | toJson }}
+
+[local]
+root = {{ .Values.local.root | toJson }}
+
+[cvmfs]
+client = {{ .Values.cvmfs.client | toJson }}
+automount = {{ .Values.cvmfs.automount }}
+automount_timeout_seconds = {{ .Values.cvmfs.automountTimeoutSeconds }}
+root = {{ .Values.cvmfs.root | toJson }}
+
+[eos]
+client = {{ .Values.eos.client | toJson }}
+{{- range .Values.eos.instances }}
+
+[[eos.instances]]
+{{- range $key, $value := . }}
+{{ $key }} = {{ $value | toJson }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Update strategy of the node DaemonSets.
+
+RollingUpdate, one node at a time, is safe because of how hepvol restarts: the
+ledger lives on a hostPath and every bind target lives in the host's mount table
+(Bidirectional propagation), so nothing a consumer holds is owned by the pod
+being replaced. FUSE servers started inside the old pod die with its cgroup; the
+new pod's start-up reconcile() remounts each dead backing mount and re-binds
+every target from the ledger before it serves, and pods that mount their volume
+with mountPropagation: HostToContainer see the repaired mount. A consumer sees a
+short ENOTCONN window, never a lost or stale mount; OnDelete buys nothing.
+*/}}
+{{- define "hepvol.updateStrategy" -}}
+{{- toYaml .Values.node.updateStrategy -}}
+{{- end -}}
