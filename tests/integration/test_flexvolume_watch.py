@@ -88,9 +88,9 @@ def test_watch_repairs_a_dead_mount_and_reports_it(
         "the pod sees it again"
     )
     assert hepvol_env.server_pids() != [pid]
-    after = scrape(port)
-    assert 'hepvol_backing_mounts{backend="local",condition="healthy"} 1.0' in after
-    assert 'hepvol_consumers{kind="flex"} 1.0' in after
+    healthy = 'hepvol_backing_mounts{backend="local",condition="healthy"} 1.0'
+    assert wait_for(lambda: healthy in scrape(port), timeout=10)
+    assert 'hepvol_consumers{kind="flex"} 1.0' in scrape(port)
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
