@@ -1,0 +1,247 @@
+"""A real Docker engine and a real hepvol plugin daemon, for the Docker tests.
+
+``dockerd`` (session): a private dockerd (own data root, exec root and socket;
+``--iptables=false --bridge=none``) with a tiny image ``hepvol-test-base`` imported
+from a busybox-static root file system (no registry is reachable). It can be
+restarted. ``docker_plugin`` (per test): a hepvol world and ``hepvol
+docker-plugin`` serving it under a driver name unique to the run, in
+``/run/docker/plugins`` where dockerd finds it. Finalizers remove containers,
+stop the daemons and detach every mount, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from mount_core import bind
+from mount_core.mountinfo import MountTable
+from tests.conftest import REPO, HepvolEnv, teardown_world, wait_for, write_config
+
+IMAGE = "hepvol-test-base:latest"
+PLUGIN_DIR = Path("/run/docker/plugins")
+_names = itertools.count()
+
+
+@dataclass
+class Dockerd:
+    """One private Docker engine, driven through the real ``docker`` CLI."""
+
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.root}/docker.sock"
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, DOCKER_HOST=self.host)
+
+    def docker(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the docker CLI against this engine; ``check`` fails the test with its stderr."""
+        result = subprocess.run(
+            ["docker", *args], env=self.env(), capture_output=True, timeout=timeout,
+            check=False, text=True,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def start(self) -> None:
+        log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - dockerd keeps it
+        self.process = subprocess.Popen(
+            [
+                "dockerd", "--data-root", str(self.root / "data"),
+                "--exec-root", str(self.root / "exec"), "-H", self.host,
+                "--pidfile", str(self.root / "docker.pid"),
+                "--iptables=false", "--ip6tables=false", "--bridge=none",
+                "--live-restore=false", "--log-level=warn",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        ready = wait_for(lambda: self.docker("version", check=False).returncode == 0, 60, 0.2)
+        if not ready:
+            raise RuntimeError(
+                "dockerd did not start: " + (self.root / "dockerd.log").read_text()[-2000:]
+            )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove_containers(self) -> None:
+        ids = self.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids, check=False)
+
+
+def _import_base_image(engine: Dockerd) -> None:
+    rootfs = engine.root / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    shutil.copy(busybox, rootfs / "bin" / "busybox")
+    for tool in ("sh", "ls", "cat", "echo", "sleep", "test", "wc"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    archive = engine.root / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
+    engine.docker("import", str(archive), IMAGE)
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    if shutil.which("dockerd") is None:
+        pytest.fail("dockerd is not installed: `make test` installs docker.io")
+    # Short path: containerd's sockets live under the exec root (108-byte limit).
+    engine = Dockerd(Path(tempfile.mkdtemp(prefix="hv-dockerd-", dir="/tmp")))
+    try:
+        engine.start()
+        _import_base_image(engine)
+        yield engine
+    finally:
+        with contextlib.suppress(Exception):
+            engine.remove_containers()
+        engine.stop()
+        for entry in sorted(
+            MountTable().under(str(engine.root)), key=lambda e: -len(e.mount_point)
+        ):
+            with contextlib.suppress(OSError):
+                bind.unmount(entry.mount_point, lazy=True)
+        shutil.rmtree(engine.root, ignore_errors=True)
+
+
+@dataclass
+class Plugin:
+    """One ``hepvol docker-plugin`` daemon serving a hepvol world under a unique driver name."""
+
+    env: HepvolEnv
+    engine: Dockerd
+    driver: str
+    backend: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return PLUGIN_DIR / f"{self.driver}.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.env.workdir / f"plugin-{self.driver}.log"
+
+    def start(self) -> None:
+        environ = self.env.environ()
+        environ["DOCKER_HOST"] = self.engine.host
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mount_core.cli", "docker-plugin", "--driver",
+                 self.backend, "--name", self.driver],
+                env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+        if not wait_for(lambda: self.answers(), 30):
+            raise RuntimeError(f"the plugin did not start: {self.log.read_text()[-2000:]}")
+
+    def answers(self) -> bool:
+        result = subprocess.run(
+            ["curl", "-sf", "--unix-socket", str(self.socket), "-X", "POST",
+             "http://plugin/Plugin.Activate"],
+            capture_output=True, check=False, timeout=10,
+        )  # fmt: skip
+        return result.returncode == 0
+
+    def pids(self) -> list[int]:
+        """The plugin's processes: the gunicorn master and its worker."""
+        if self.process is None:
+            return []
+        found = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in children.read_text().split()]
+        return found
+
+    def kill9(self) -> None:
+        """``kill -9`` every process of the plugin, as a crash would."""
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+        self.process = None
+
+    def backings(self) -> list[dict[str, object]]:
+        """``hepvol status --json``: backing mounts with their consumers."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mount_core.cli", "status", "--json"],
+            env=self.env.environ(), capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        found: list[dict[str, object]] = json.loads(result.stdout)["backing_mounts"]
+        return found
+
+    def run(self, volume_args: list[str], *command: str, check: bool = True) -> str:
+        """``docker run --rm`` with the given volume arguments; returns stdout."""
+        result = self.engine.docker(
+            "run", "--rm", "--network", "none", *volume_args, IMAGE, *command, check=check
+        )
+        return result.stdout if check else result.stderr
+
+
+def make_plugin(
+    hepvol_env: HepvolEnv, engine: Dockerd, backend: str = "cvmfs", idle: float = 0.0
+) -> Iterator[Plugin]:
+    """Start a plugin for a test; the generator's finalizer cleans up everything."""
+    if idle:
+        hepvol_env.config = replace(hepvol_env.config, idle_unmount_seconds=idle)
+        write_config(hepvol_env.workdir, hepvol_env.config)
+    driver = f"hepvoltest{os.getpid()}x{next(_names)}"
+    plugin = Plugin(hepvol_env, engine, driver, backend)
+    try:
+        plugin.start()
+        yield plugin
+    finally:
+        with contextlib.suppress(Exception):
+            engine.remove_containers()
+        with contextlib.suppress(Exception):
+            for name in engine.docker("volume", "ls", "-q", "-f", f"driver={driver}",
+                                      check=False).stdout.split():  # fmt: skip
+                engine.docker("volume", "rm", "-f", name, check=False)
+        plugin.stop()
+        with contextlib.suppress(FileNotFoundError):
+            plugin.socket.unlink()
+        teardown_world(hepvol_env.workdir, hepvol_env.server_pids())
