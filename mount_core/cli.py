@@ -20,6 +20,7 @@ from mount_core.errors import HepvolError
 #: ``run(args, config) -> int``.
 FRONTS: list[tuple[str, str, str]] = [
     ("demo", "mount_core.demo", "serve a sample repository through the core and show it"),
+    ("csi", "csi_driver.server", "Kubernetes CSI driver (Identity, Node, Controller) on a socket"),
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
     ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
     ("docker-plugin", "docker_plugin.command", "serve a Docker volume plugin (cvmfs or eos driver)"),

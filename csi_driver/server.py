@@ -1,0 +1,164 @@
+"""``hepvol csi``: the CSI gRPC server on a Unix socket.
+
+``--mode node`` serves Identity and Node (and runs reconcile at start-up plus the
+one health/repair loop of this process), ``controller`` serves Identity and
+Controller, ``all`` serves the three. Every RPC goes through
+:class:`~csi_driver.interceptor.CsiInterceptor`. gRPC and the stubs are imported
+inside :func:`run`, so building the ``hepvol`` parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import stat
+import threading
+from typing import TYPE_CHECKING, Any
+
+from mount_core.config import Config
+from mount_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import grpc
+
+MODES = ("node", "controller", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--driver", choices=("cvmfs", "eos"), default="cvmfs",
+                        help="which backend this driver serves (default cvmfs)")  # fmt: skip
+    parser.add_argument("--name", help="CSI driver name (default cvmfs.csi.cern.ch or "
+                        "eos.csi.cern.ch)")  # fmt: skip
+    parser.add_argument(
+        "--endpoint", default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+        help="gRPC endpoint, unix:///path (default $CSI_ENDPOINT or unix:///csi/csi.sock)",
+    )  # fmt: skip
+    parser.add_argument("--node-id", default=os.environ.get("NODE_ID", ""),
+                        help="this node's id, e.g. spec.nodeName (default $NODE_ID)")  # fmt: skip
+    parser.add_argument("--mode", choices=MODES, default="node",
+                        help="services to serve: node (DaemonSet), controller, all (default node)")  # fmt: skip
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve Prometheus metrics on this TCP port (0 = off)")  # fmt: skip
+    parser.add_argument("--metrics-address", default="0.0.0.0",  # noqa: S104 - scraped from the pod IP
+                        help="address of the metrics listener (default 0.0.0.0)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=32,
+                        help="concurrent RPCs served (default 32)")  # fmt: skip
+
+
+def socket_path(endpoint: str) -> str:
+    """The filesystem path of a ``unix://`` endpoint (``unix:///p`` or ``unix:/p``)."""
+    if not endpoint.startswith("unix:"):
+        raise ConfigError(f"--endpoint {endpoint!r}: only unix:///path endpoints are supported")
+    path = "/" + endpoint[len("unix:") :].lstrip("/")
+    if path == "/" or "\x00" in path:
+        raise ConfigError(f"--endpoint {endpoint!r}: give an absolute socket path")
+    return path
+
+
+def _remove_stale_socket(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ConfigError(
+                f"--endpoint: {path} exists and is not a socket; refusing to remove it"
+            )
+        os.unlink(path)
+
+
+class CsiServer:
+    """The services of one ``hepvol csi`` process, started and stopped together."""
+
+    def __init__(self, config: Config, *, driver: str, name: str, endpoint: str, node_id: str,
+                 mode: str, workers: int = 32) -> None:  # fmt: skip
+        from concurrent import futures
+
+        import grpc
+
+        from csi_driver.controller import ControllerService
+        from csi_driver.generated import csi_pb2_grpc, health_pb2_grpc
+        from csi_driver.health import HealthService
+        from csi_driver.identity import IdentityService
+        from csi_driver.interceptor import CsiInterceptor
+        from csi_driver.node import NodeService
+        from mount_core import metrics
+        from mount_core.health import HealthMonitor
+        from mount_core.manager import MountManager
+
+        if mode in ("node", "all") and not node_id:
+            raise ConfigError("--node-id (or $NODE_ID) is required to serve the Node service")
+        self.path = socket_path(endpoint)
+        self.mode = mode
+        self.manager = MountManager(config, on_operation=metrics.record_operation)
+        self.monitor = HealthMonitor(self.manager) if mode != "controller" else None
+        self.identity = IdentityService(name, driver, controller=mode != "node")
+        self.server: grpc.Server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csi"),
+            interceptors=[CsiInterceptor()],
+        )
+        csi_pb2_grpc.add_IdentityServicer_to_server(self.identity, self.server)
+        services = ["csi.v1.Identity"]
+        if mode != "controller":
+            node = NodeService(self.manager, driver, node_id)
+            csi_pb2_grpc.add_NodeServicer_to_server(node, self.server)
+            services.append("csi.v1.Node")
+        if mode != "node":
+            controller = ControllerService(self.manager, driver)
+            csi_pb2_grpc.add_ControllerServicer_to_server(controller, self.server)
+            services.append("csi.v1.Controller")
+        self.health = HealthService(services)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+
+    def start(self) -> None:
+        """Adopt existing mounts (node), bind the socket, start serving."""
+        if self.monitor is not None:
+            self.manager.reconcile()
+            self.monitor.start()
+        os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+        _remove_stale_socket(self.path)
+        if self.server.add_insecure_port(f"unix://{self.path}") == 0:
+            raise ConfigError(f"cannot listen on unix://{self.path}")
+        self.server.start()
+        os.chmod(self.path, 0o600)
+        self.identity.ready.set()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving. Published volumes stay mounted: the next start adopts them."""
+        self.identity.ready.clear()
+        self.health.set_serving(False)
+        self.server.stop(grace).wait()
+        if self.monitor is not None:
+            self.monitor.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    import logging
+
+    from csi_driver import DRIVER_NAMES
+    from mount_core import metrics
+    from mount_core.logs import event
+
+    server = CsiServer(
+        config, driver=args.driver, name=args.name or DRIVER_NAMES[args.driver],
+        endpoint=args.endpoint, node_id=args.node_id, mode=args.mode, workers=args.workers,
+    )  # fmt: skip
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        metrics.register(server.manager.ledger)
+        start_http_server(args.metrics_port, addr=args.metrics_address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _setter(stop))
+    server.start()
+    event(logging.getLogger("hepvol.csi"), "serving", driver=server.identity.name,
+          mode=args.mode, endpoint=f"unix://{server.path}")  # fmt: skip
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def _setter(stop: threading.Event) -> Any:
+    return lambda *_: stop.set()

@@ -1,0 +1,64 @@
+"""From a CSI volume context (and secrets) to a :class:`~mount_core.spec.VolumeSpec`.
+
+The volume context is the only source of the spec, whichever way the volume came:
+PersistentVolume ``volumeAttributes``, StorageClass parameters returned by
+CreateVolume, or inline ephemeral attributes. The volume id is an opaque handle,
+recorded with the consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mount_core import spec as spec_module
+from mount_core.errors import InvalidSpec
+from mount_core.spec import Credential, VolumeSpec
+
+#: Keys kubelet and the provisioner add; recorded with the consumer, never parsed.
+K8S_PREFIX = "csi.storage.k8s.io/"
+#: Node publish secret keys: the key names the kind of EOS credential.
+CREDENTIAL_KEYS = ("krb5", "oauth2", "eostoken")
+
+
+def credential_from(backend: str, secrets: Mapping[str, str]) -> Credential | None:
+    """The EOS credential in node publish secrets; errors never show secret values."""
+    if not secrets:
+        return None
+    if backend != "eos":
+        raise InvalidSpec("secrets", "<secret>", "CVMFS volumes take no secrets; remove "
+                          "nodePublishSecretRef")  # fmt: skip
+    unknown = sorted(k for k in secrets if k not in CREDENTIAL_KEYS)
+    if unknown or len(secrets) != 1:
+        raise InvalidSpec(
+            "secrets", ",".join(sorted(secrets)),
+            f"give exactly one key, one of {', '.join(CREDENTIAL_KEYS)}",
+        )  # fmt: skip
+    [(kind, value)] = secrets.items()
+    return Credential(kind, value.encode())
+
+
+def kubernetes_info(context: Mapping[str, str]) -> dict[str, str]:
+    """The ``csi.storage.k8s.io/*`` keys without their prefix (service account tokens dropped)."""
+    return {
+        key[len(K8S_PREFIX) :]: value
+        for key, value in context.items()
+        if key.startswith(K8S_PREFIX) and "token" not in key.lower()
+    }
+
+
+def spec_from_context(
+    backend: str, context: Mapping[str, str], secrets: Mapping[str, str] | None = None
+) -> VolumeSpec:
+    """Parse a volume context; unknown keys are refused with the list of valid ones."""
+    credential = credential_from(backend, secrets or {})
+    return spec_module.from_options(backend, context, credential=credential, ignore=(K8S_PREFIX,))
+
+
+def parameters(context: Mapping[str, str]) -> dict[str, Any]:
+    """The volume's own keys: what CreateVolume stores and returns as its context."""
+    return {k: v for k, v in sorted(context.items()) if not k.startswith(K8S_PREFIX)}
+
+
+def is_ephemeral(context: Mapping[str, str]) -> bool:
+    return context.get(K8S_PREFIX + "ephemeral") == "true"
