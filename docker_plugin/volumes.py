@@ -84,7 +84,7 @@ class DockerVolumes:
         options = dict(opts or {})
         valid = VALID_OPTIONS[self.backend]
         for key, value in options.items():
-            if key not in valid:
+            if key not in valid and key != "repository":  # that one gets its own message
                 raise InvalidSpec("option", key, f"valid options are: {', '.join(valid)}")
             if not isinstance(value, str):
                 shown = "<secret>" if key == CREDENTIAL else value

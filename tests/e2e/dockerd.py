@@ -12,11 +12,13 @@ stop the daemons and detach every mount, even when a test fails.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,30 @@ from tests.conftest import REPO, HepvolEnv, teardown_world, wait_for, write_conf
 IMAGE = "hepvol-test-base:latest"
 PLUGIN_DIR = Path("/run/docker/plugins")
 _names = itertools.count()
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("plugin", timeout=60)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(60)
+        self.sock.connect(self.path)
+
+
+def call(
+    path: Path, method: str, body: dict[str, object] | None = None
+) -> tuple[int, dict[str, object]]:
+    """POST ``/<method>`` to a plugin socket; (HTTP status, JSON reply)."""
+    connection = _UnixConnection(str(path))
+    try:
+        connection.request("POST", f"/{method}", json.dumps(body or {}))
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 @dataclass
@@ -168,12 +194,14 @@ class Plugin:
             raise RuntimeError(f"the plugin did not start: {self.log.read_text()[-2000:]}")
 
     def answers(self) -> bool:
-        result = subprocess.run(
-            ["curl", "-sf", "--unix-socket", str(self.socket), "-X", "POST",
-             "http://plugin/Plugin.Activate"],
-            capture_output=True, check=False, timeout=10,
-        )  # fmt: skip
-        return result.returncode == 0
+        try:
+            return call(self.socket, "Plugin.Activate")[0] == 200
+        except OSError:
+            return False
+
+    def call(self, method: str, body: dict[str, object] | None = None) -> dict[str, object]:
+        """One protocol call, as dockerd makes it; returns the reply's JSON."""
+        return call(self.socket, method, body)[1]
 
     def pids(self) -> list[int]:
         """The plugin's processes: the gunicorn master and its worker."""

@@ -132,12 +132,8 @@ def test_removing_a_volume_in_use_shows_the_plugins_error(plugin: Plugin) -> Non
     docker("volume", "create", "-d", plugin.driver, SAMPLE)
     # A mount this engine does not know about (another engine, a lost Unmount):
     # dockerd lets the remove through and the plugin must refuse it.
-    held = subprocess.run(
-        ["curl", "-s", "--unix-socket", str(plugin.socket), "-X", "POST",
-         "http://plugin/VolumeDriver.Mount", "-d", f'{{"Name": "{SAMPLE}", "ID": "elsewhere"}}'],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert '"Err": ""' in held.stdout
+    held = plugin.call("VolumeDriver.Mount", {"Name": SAMPLE, "ID": "elsewhere"})
+    assert held["Err"] == ""
     refused = docker("volume", "rm", SAMPLE, check=False)
     assert refused.returncode != 0
     assert "in use by 1 mount" in refused.stderr and "stop or remove" in refused.stderr
@@ -178,11 +174,7 @@ def test_run_with_a_bad_or_unknown_volume_fails_and_mounts_nothing(plugin: Plugi
 def test_stale_docker_consumers_are_dropped_against_the_engine(plugin: Plugin) -> None:
     docker = plugin.engine.docker
     reader = _detached(plugin, SAMPLE, "sleep", "300")
-    subprocess.run(
-        ["curl", "-s", "--unix-socket", str(plugin.socket), "-X", "POST",
-         "http://plugin/VolumeDriver.Mount", "-d", f'{{"Name": "{SAMPLE}", "ID": "lost"}}'],
-        capture_output=True, check=True,
-    )  # fmt: skip
+    assert plugin.call("VolumeDriver.Mount", {"Name": SAMPLE, "ID": "lost"})["Err"] == ""
     manager = plugin.env.manager()
     assert drop_stale(manager, plugin.engine.host).dropped == {}, "young consumers are kept"
     unreachable = drop_stale(manager, "unix:///nonexistent.sock", now=time.time() + 3600)
