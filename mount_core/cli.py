@@ -24,6 +24,8 @@ FRONTS: list[tuple[str, str, str]] = [
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
     ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
     ("docker-plugin", "docker_plugin.command", "serve a Docker volume plugin (cvmfs or eos driver)"),
+    ("install", "mount_core.install", "set up a Docker host: systemd units, config, state dirs"),
+    ("uninstall", "mount_core.install", "remove what `hepvol install` set up (keeps config, state)"),
 ]
 
 
