@@ -133,7 +133,7 @@ def _import_base_image(engine: Dockerd) -> None:
     (rootfs / "bin").mkdir(parents=True)
     busybox = shutil.which("busybox") or "/bin/busybox"
     shutil.copy(busybox, rootfs / "bin" / "busybox")
-    for tool in ("sh", "ls", "cat", "echo", "sleep", "test", "wc"):
+    for tool in ("sh", "ls", "cat", "echo", "sleep", "test", "true", "wc"):
         (rootfs / "bin" / tool).symlink_to("busybox")
     archive = engine.root / "rootfs.tar"
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)

@@ -1,0 +1,207 @@
+"""Docker plugin benchmark: Mount+Unmount over the plugin socket, RSS, and ``docker run`` cost.
+
+Run as root in a private mount namespace:
+``unshare -m --propagation private python -m bench.docker_plugin [--quick]``
+(``make bench`` does). The client opens one connection per call, as the peer
+figures in the issue were measured. Floors measured in the same run: an empty
+call pair (``Plugin.Activate`` twice: HTTP + gunicorn + Flask) and the core's
+acquire+release in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine, measure, median, rss_mb, table
+from mount_core import bind
+from mount_core.config import Config, LocalConfig
+from mount_core.consumer import Consumer
+from mount_core.manager import MountManager
+from mount_core.mountinfo import MountTable
+from mount_core.spec import VolumeSpec
+
+SAMPLE = "bench.hepvol.org"
+GOALS = "goals: pair p50 <= 1 ms at c=1, >= 1715 pairs/s at c=16, RSS <= 60 MB"
+
+
+def call(path: str, method: str, body: dict[str, str] | None = None) -> dict[str, str]:
+    """One plugin call on a fresh connection (``Connection: close``)."""
+    payload = json.dumps(body or {}).encode()
+    request = (
+        f"POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode() + payload
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, reply = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"{method} failed: {head.splitlines()[:1]} {reply[:200]!r}")
+    result: dict[str, str] = json.loads(reply)
+    return result
+
+
+def make_world(workdir: str) -> Config:
+    for name in ("state", "mounts", "targets", f"repositories/{SAMPLE}"):
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    Path(workdir, "repositories", SAMPLE, "README").write_text("bench\n")
+    config = Config(
+        state_dir=os.path.join(workdir, "state"),
+        mount_root=os.path.join(workdir, "mounts"),
+        target_roots=(os.path.join(workdir, "targets"),),
+        local=LocalConfig(root=os.path.join(workdir, "repositories")),
+    ).validate()
+    Path(workdir, "config.toml").write_text(
+        f'state_dir = "{config.state_dir}"\nmount_root = "{config.mount_root}"\n'
+        f'target_roots = ["{config.target_roots[0]}"]\nlog_level = "WARNING"\n'
+        f'[local]\nroot = "{config.local.root}"\n'
+    )
+    return config
+
+
+def start_plugin(workdir: str, driver: str, socket_path: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HEPVOL_CONFIG=os.path.join(workdir, "config.toml"))
+    log = open(os.path.join(workdir, "plugin.log"), "ab")  # noqa: SIM115 - the child keeps it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mount_core.cli", "docker-plugin", "--driver", "cvmfs",
+         "--name", driver, "--socket", socket_path],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            call(socket_path, "Plugin.Activate")
+            return process
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the plugin did not start; see " + os.path.join(workdir, "plugin.log"))
+
+
+def plugin_pids(process: subprocess.Popen[bytes]) -> list[int]:
+    path = f"/proc/{process.pid}/task/{process.pid}/children"
+    try:
+        return [process.pid, *(int(p) for p in Path(path).read_text().split())]
+    except OSError:
+        return [process.pid]
+
+
+def rpc_rows(config: Config, socket_path: str, count: int) -> list[tuple[object, ...]]:
+    call(socket_path, "VolumeDriver.Create", {"Name": SAMPLE})
+    # A long-lived holder keeps the backing mount up: pairs measure the protocol
+    # and the ledger, not a FUSE server start per pair.
+    call(socket_path, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": "holder"})
+
+    def pair(i: int) -> None:
+        body = {"Name": SAMPLE, "ID": f"bench-{i}"}
+        call(socket_path, "VolumeDriver.Mount", body)
+        call(socket_path, "VolumeDriver.Unmount", body)
+
+    def empty_pair(i: int) -> None:
+        call(socket_path, "Plugin.Activate")
+        call(socket_path, "Plugin.Activate")
+
+    manager = MountManager(config)
+    spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
+
+    def core_pair(i: int) -> None:
+        consumer = Consumer("docker", f"core-{i}")
+        manager.acquire(spec, consumer)
+        manager.release(consumer)
+
+    rows: list[tuple[object, ...]] = []
+    for concurrency in (1, 16):
+        for name, operation in (
+            ("Mount+Unmount over the socket", pair),
+            ("floor: 2 empty calls (Plugin.Activate)", empty_pair),
+            ("floor: core acquire+release in-process", core_pair),
+        ):
+            timing = measure(operation, count, concurrency, warmup=50)
+            rows.append((name, concurrency, timing.p50_ms, timing.p99_ms, round(timing.per_second)))
+    return rows
+
+
+def docker_run_rows(driver: str, runs: int) -> list[tuple[object, ...]]:
+    """Median ``docker run --rm IMAGE true`` with and without a plugin volume."""
+    from tests.e2e.dockerd import IMAGE, Dockerd, _import_base_image
+
+    engine = Dockerd(Path(tempfile.mkdtemp(prefix="hv-bench-dockerd-", dir="/tmp")))
+    try:
+        engine.start()
+        _import_base_image(engine)
+        engine.docker("volume", "create", "-d", driver, SAMPLE)
+        plain = ["run", "--rm", "--network", "none", IMAGE, "true"]
+        with_volume = ["run", "--rm", "--network", "none", "-v", f"{SAMPLE}:/cvmfs/{SAMPLE}",
+                       "--volume-driver", driver, IMAGE, "true"]  # fmt: skip
+        times: dict[str, list[float]] = {"plain": [], "volume": []}
+        for _ in range(runs):
+            for name, args in (("plain", plain), ("volume", with_volume)):
+                start = time.perf_counter()
+                engine.docker(*args)
+                times[name].append(time.perf_counter() - start)
+        base, vol = median(times["plain"]) * 1000, median(times["volume"]) * 1000
+        return [
+            ("docker run --rm IMAGE true", runs, base),
+            ("same with a plugin volume (-v, --volume-driver)", runs, vol),
+            ("plugin's share of container start", runs, vol - base),
+        ]
+    finally:
+        engine.remove_containers()
+        engine.stop()
+        for entry in sorted(
+            MountTable().under(str(engine.root)), key=lambda e: -len(e.mount_point)
+        ):
+            bind.unmount(entry.mount_point, lazy=True)
+        shutil.rmtree(engine.root, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.docker_plugin")
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    args = parser.parse_args(argv)
+    count, runs = (200, 3) if args.quick else (3000, 15)
+    workdir = tempfile.mkdtemp(prefix="hepvol-bench-docker-")
+    driver = f"hepvolbench{os.getpid()}"
+    socket_path = f"/run/docker/plugins/{driver}.sock"
+    config = make_world(workdir)
+    process = start_plugin(workdir, driver, socket_path)
+    try:
+        rows = rpc_rows(config, socket_path, count)
+        rss = rss_mb(plugin_pids(process))
+        run_rows = docker_run_rows(driver, runs) if shutil.which("dockerd") else []
+        rss_after = rss_mb(plugin_pids(process))
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(30)
+        manager = MountManager(config)
+        for row in manager.ledger.consumers():
+            manager.release(Consumer(row.kind, row.consumer.partition(":")[2]))
+        for entry in sorted(MountTable().under(workdir), key=lambda e: -len(e.mount_point)):
+            bind.unmount(entry.mount_point, lazy=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(machine() + "\n")
+    print(table(f"Docker plugin calls, one connection per call ({count} pairs each; {GOALS})",
+                ("operation", "concurrency", "p50 ms", "p99 ms", "pairs/s"), rows))  # fmt: skip
+    print(table("Plugin memory (VmRSS of gunicorn master + worker)", ("when", "MB"),
+                [("after the call benchmark", rss), ("after docker run too", rss_after)]))  # fmt: skip
+    if run_rows:
+        print(table("docker run time", ("what", "runs", "median ms"), run_rows))
+    else:
+        print("dockerd not installed: docker run time not measured\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
