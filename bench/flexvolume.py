@@ -16,9 +16,11 @@ Run as root: ``python -m bench.flexvolume [--quick] [--rounds N]``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,6 +115,36 @@ def run(rounds: int, workdir: str) -> dict[str, Timing]:
     return {name: Timing(values, wall) for name, values in samples.items()}
 
 
+#: What a ``mount`` imports, in dependency order: stdlib modules the core needs,
+#: then the core and this front. Each step's cost is what it adds to the ones before.
+IMPORT_STEPS = (
+    "re", "json", "typing", "dataclasses", "logging", "sqlite3", "ctypes", "tomllib",
+    "mount_core.manager", "flexvolume.driver", "flexvolume.options",
+)  # fmt: skip
+_STEPPER = """
+import sys, time
+sys.path[:0] = [%r]
+found = []
+for name in %r:
+    start = time.perf_counter()
+    __import__(name)
+    found.append((name, (time.perf_counter() - start) * 1000))
+print(repr(found))
+"""
+
+
+def import_costs(rounds: int) -> list[tuple[str, float]]:
+    """Median milliseconds each step of a mount's imports adds, in fresh ``-IS`` processes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = _STEPPER % (root, IMPORT_STEPS)
+    runs = [
+        dict(ast.literal_eval(subprocess.run([sys.executable, "-IS", "-c", script],
+                                             capture_output=True, check=True, env={}).stdout.decode()))
+        for _ in range(rounds)
+    ]  # fmt: skip
+    return [(name, statistics.median(r[name] for r in runs)) for name in IMPORT_STEPS]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench.flexvolume", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20 rounds (CI smoke run)")
@@ -136,6 +168,15 @@ def main(argv: list[str]) -> int:
     )
     mount = timings["mount (mounted repo)"].p50_ms
     print(f"mount of an already-mounted repository: {mount / bare:.2f}x bare python (goal 1.30x)")
+    print()
+    costs = import_costs(rounds)
+    rows = [
+        *costs,
+        ("all imports", sum(ms for _, ms in costs)),
+        ("interpreter start (-IS)", timings["python -IS -c pass"].p50_ms),
+    ]
+    title = "Where a mount's time goes: imports in order (median ms each adds, -IS processes)"
+    print(table(title, ("import", "ms"), rows))
     return 0
 
 

@@ -28,6 +28,7 @@ _MAX_SHEBANG = 127
 _TEMPLATE = """#!{python} -IS
 # hepvol FlexVolume driver {vendor}/{backend}: written by `hepvol flexvolume install`.
 # Reinstall rather than edit. Logs: <state dir>/logs/flexvolume.log.
+import os
 import sys
 
 sys.path[:0] = {front!r}
@@ -40,7 +41,9 @@ except BaseException as exc:
     message = "hepvol is not importable by " + sys.executable + ": " + repr(exc)
     print(json.dumps({{"status": "Failure", "message": message}}))
     sys.exit(1)
-sys.exit(main(sys.argv[1:], {backend!r}, {config!r}))
+# The reply is written and every log line flushed: skip the interpreter's teardown,
+# which costs a FlexVolume call about as much as its work.
+os._exit(main(sys.argv[1:], {backend!r}, {config!r}))
 """
 
 

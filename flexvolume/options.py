@@ -10,7 +10,6 @@ refused naming the key.
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
 from typing import Any
 
 from mount_core.errors import InvalidSpec
@@ -32,13 +31,15 @@ CREDENTIAL_KEYS = ("krb5", "oauth2", "eostoken")
 _MAX_FIELD = 253
 
 
-@dataclass(frozen=True)
 class MountRequest:
-    """What one ``mount`` call asks for."""
+    """What one ``mount`` call asks for (a plain class: a dataclass costs import time)."""
 
-    spec: VolumeSpec
-    readonly: bool
-    info: dict[str, Any]
+    __slots__ = ("info", "readonly", "spec")
+
+    def __init__(self, spec: VolumeSpec, readonly: bool, info: dict[str, Any]) -> None:
+        self.spec = spec
+        self.readonly = readonly
+        self.info = info
 
 
 def parse(backend: str, options: object) -> MountRequest:
