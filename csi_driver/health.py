@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from csi_driver.errors import CsiError
 from csi_driver.generated import health_pb2, health_pb2_grpc
 
 Status = health_pb2.HealthCheckResponse
@@ -38,7 +39,7 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         if request.service not in self.services:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            raise CsiError(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return Status(status=self._status(request.service))
 
     def Watch(

@@ -2,7 +2,8 @@
 
 For each call it writes one JSON log line (method, volume, duration, result code),
 observes a per-method latency histogram, and turns exceptions into gRPC status
-codes through :mod:`csi_driver.errors`. Request bodies are only logged at DEBUG,
+codes through :mod:`csi_driver.errors` (servicers raise; they never call
+``context.abort`` themselves). Request bodies are only logged at DEBUG,
 and then without the fields the CSI spec marks ``csi_secret``.
 """
 
@@ -51,7 +52,7 @@ def _strip(message: Message) -> None:
         if field.GetOptions().Extensions[csi_pb2.csi_secret]:
             message.ClearField(field.name)
         elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
-            for item in value if field.label == field.LABEL_REPEATED else [value]:
+            for item in [value] if isinstance(value, Message) else value:
                 _strip(item)
 
 
@@ -80,10 +81,10 @@ class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             code, message, expected = grpc.StatusCode.OK, "", True
-            if log.isEnabledFor(logging.DEBUG):
-                event(log, "request", volume=_volume_of(request), level=logging.DEBUG,
-                      method=method, request=without_secrets(request))  # fmt: skip
             try:
+                if log.isEnabledFor(logging.DEBUG):
+                    event(log, "request", volume=_volume_of(request), level=logging.DEBUG,
+                          method=method, request=without_secrets(request))  # fmt: skip
                 return inner(request, context)
             except Exception as exc:
                 code, message, expected = status_of(exc, method)
