@@ -83,11 +83,13 @@ class Kubelet:
         path.mkdir(mode=0o750)
         return path
 
-    def mount(self, path: Path, options: dict[str, str], driver: str = "cvmfs") -> dict[str, Any]:
-        return self.call("mount", str(path), json.dumps(options), driver=driver)
+    def mount(
+        self, path: Path, options: dict[str, str], driver: str = "cvmfs", timeout: float = 60
+    ) -> dict[str, Any]:
+        return self.call("mount", str(path), json.dumps(options), driver=driver, timeout=timeout)
 
-    def unmount(self, path: Path, driver: str = "cvmfs") -> dict[str, Any]:
-        return self.call("unmount", str(path), driver=driver)
+    def unmount(self, path: Path, driver: str = "cvmfs", timeout: float = 60) -> dict[str, Any]:
+        return self.call("unmount", str(path), driver=driver, timeout=timeout)
 
     def mounts(self) -> list[str]:
         return [e.mount_point for e in MountTable().under(str(self.env.workdir))]
@@ -235,6 +237,23 @@ def test_unmount_of_a_dead_fuse_mount_succeeds_and_leaves_nothing(kubelet: Kubel
         pod.rmdir()
     assert kubelet.mounts() == []
     assert kubelet.status() == []
+
+
+def test_calls_return_promptly_while_the_fuse_server_hangs(kubelet: Kubelet) -> None:
+    pods = [kubelet.pod_dir(uid=f"uid-{n}") for n in range(3)]
+    for pod in pods[:2]:
+        assert kubelet.mount(pod, kubelet_options(repository=SAMPLE))["status"] == "Success"
+    [pid] = kubelet.env.server_pids()
+    os.kill(pid, signal.SIGSTOP)  # a hung server: requests to it never answer
+    try:
+        assert kubelet.mount(pods[2], kubelet_options(repository=SAMPLE), timeout=20)["status"] == (
+            "Success"
+        )
+        for pod in pods:
+            assert kubelet.unmount(pod, timeout=20)["status"] == "Success"
+        assert kubelet.mounts() == []
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 def _errno(path: Path) -> int | None:
