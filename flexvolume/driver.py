@@ -67,11 +67,17 @@ class Call:
         import logging
 
         from mount_core import config, logs
+        from mount_core.errors import StateError
         from mount_core.manager import MountManager
 
         settings = config.load(self.config_path)
         log_dir = os.path.join(settings.state_dir, "logs")
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create {log_dir}: {exc.strerror}; check state_dir in the hepvol config"
+            ) from None
         path = os.path.join(log_dir, LOG_FILE)
         _rotate(path)
         logs.configure(settings.log_level, path=path)

@@ -372,7 +372,18 @@ def test_bad_eos_secrets_fail_without_showing_the_secret(
 def test_crashes_and_bad_config_still_answer_one_failure(kubelet: Kubelet, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "state-is-a-file"
     not_a_dir.write_text("")
-    broken = {"bad-toml.toml": "state_dir = [", "file-state.toml": f'state_dir = "{not_a_dir}"\n'}
+    odd_state = tmp_path / "odd-state"
+    (odd_state / "logs" / "flexvolume.log").mkdir(parents=True)  # an unexpected crash
+    broken = {
+        "bad-toml.toml": "state_dir = [",
+        "file-state.toml": f'state_dir = "{not_a_dir}"\n',
+        "odd-state.toml": f'state_dir = "{odd_state}"\n',
+    }
+    expected = {
+        "bad-toml.toml": "is not valid TOML",
+        "file-state.toml": "check state_dir",
+        "odd-state.toml": "internal error: IsADirectoryError",
+    }
     for name, text in broken.items():
         config = tmp_path / name
         config.write_text(text)
@@ -386,6 +397,7 @@ def test_crashes_and_bad_config_still_answer_one_failure(kubelet: Kubelet, tmp_p
         [line] = result.stdout.decode().splitlines()
         reply = json.loads(line)
         assert reply["status"] == "Failure" and result.returncode == 1
+        assert expected[name] in reply["message"]
     assert kubelet.mounts() == []
 
 
