@@ -17,6 +17,8 @@ PYTEST_ARGS ?=
 TOOLS := $(CURDIR)/.tools
 HELM_VERSION := v3.22.0
 KUBECONFORM_VERSION := v0.7.0
+# csi-sanity for tests/e2e/test_csi_sanity.py (CSI conformance of csi_driver/).
+CSI_SANITY_VERSION := v5.6.0
 # The Kubernetes release whose OpenAPI schema every rendered object must match.
 K8S_VERSION := v1.35.4
 
@@ -33,7 +35,7 @@ apt: root .stamp-apt
 	@touch $@
 
 venv: .stamp-venv
-.stamp-venv: pyproject.toml | .stamp-apt
+.stamp-venv: pyproject.toml setup.py $(wildcard proto/*.proto) | .stamp-apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[docker,csi,test]'
@@ -53,19 +55,22 @@ lint: venv
 # The whole suite, in a private mount namespace so that nothing a test mounts can
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.
 test: setup lint tools
-	unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
+	CSI_SANITY=$(TOOLS)/bin/csi-sanity unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
 	unshare --mount --propagation private -- $(PY) -m bench --quick
 
 bench: setup
 	unshare --mount --propagation private -- $(PY) -m bench
 
 tools: $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION) \
-       $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done
+       $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done $(TOOLS)/.csi-sanity-$(CSI_SANITY_VERSION)
 $(TOOLS)/.helm-%:
 	GOBIN=$(TOOLS)/bin go install helm.sh/helm/v3/cmd/helm@$*
 	@touch $@
 $(TOOLS)/.kubeconform-%:
 	GOBIN=$(TOOLS)/bin go install github.com/yannh/kubeconform/cmd/kubeconform@$*
+	@touch $@
+$(TOOLS)/.csi-sanity-%:
+	GOBIN=$(TOOLS)/bin go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$*
 	@touch $@
 # The k8s.io/kubernetes module zip ships api/openapi-spec; turn it into strict schemas.
 $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done: deploy/helm/openapi2jsonschema.py

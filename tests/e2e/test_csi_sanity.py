@@ -26,7 +26,7 @@ SKIPS = Path(__file__).with_name("csi-sanity-skips.txt")
 def csi_sanity() -> str:
     candidates = [
         os.environ.get("CSI_SANITY", ""),
-        str(REPO / "build" / f"csi-sanity-{VERSION}" / "csi-sanity"),
+        str(REPO / ".tools" / "bin" / "csi-sanity"),
         str(Path.home() / "go" / "bin" / "csi-sanity"),
     ]
     for path in candidates:
