@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -433,3 +434,28 @@ def test_install_is_atomic_and_uninstall_removes_the_drivers(
     )
     assert result.returncode == 0, result.stderr
     assert list(plugins.iterdir()) == []
+
+
+def test_a_call_imports_nothing_heavy(kubelet: Kubelet) -> None:
+    """Each call is a fresh process: the daemons' dependencies stay off its path."""
+    pod = kubelet.pod_dir()
+    options = json.dumps(kubelet_options(repository=SAMPLE))
+    script = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(Path(__file__).resolve().parents[2])!r}]\n"
+        "from flexvolume.driver import Call\n"
+        f"call = Call('cvmfs', {str(kubelet.env.workdir / 'config.toml')!r})\n"
+        "for argv in sys.argv[1:]:\n"
+        "    assert call.run(argv.split('\\t'))['status'] == 'Success'\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-IS", "-c", script, f"mount\t{pod}\t{options}", f"unmount\t{pod}"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.split())
+    heavy = {"grpc", "flask", "gunicorn", "prometheus_client", "psutil", "pyfuse3", "trio",
+             "docker", "google.protobuf"}  # fmt: skip
+    assert loaded & heavy == set()
+    assert kubelet.mounts() == []
