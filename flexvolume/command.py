@@ -1,10 +1,11 @@
-"""``hepvol flexvolume install|uninstall``: the FlexVolume front's subcommand."""
+"""``hepvol flexvolume install [--plugin-dir DIR] [--uninstall]``: the FlexVolume subcommand."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from flexvolume import install
 from flexvolume.install import DEFAULT_PLUGIN_DIR
 from mount_core.config import Config
 
@@ -19,8 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from flexvolume import install
-
     if args.uninstall:
         for path in install.uninstall(args.plugin_dir):
             print(f"removed {path}")
