@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from docker_plugin.serve import PLUGIN_DIR, Settings, exec_lean
+    from docker_plugin.serve import exec_lean
+    from docker_plugin.settings import PLUGIN_DIR, Settings
 
     name = args.name or args.driver
     if not _DRIVER_NAME.match(name):

@@ -17,39 +17,24 @@ answering) is removed, but a live plugin's socket is never taken over.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from docker_plugin.settings import HANDOVER, PLUGIN_DIR, Settings, handover, take_handover
 from mount_core.config import Config
 from mount_core.errors import ConfigError, Conflict
 from mount_core.logs import event
 
 log = logging.getLogger("hepvol.docker")
-
-PLUGIN_DIR = "/run/docker/plugins"
-_HANDOVER = "HEPVOL_DOCKER_PLUGIN_HANDOVER"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How one plugin daemon runs."""
-
-    driver: str
-    backend: str
-    socket_path: str
-    threads: int = 16
-    docker_host: str | None = None
-    engine_wait_seconds: float = 600.0
 
 
 def _answers(path: str) -> bool:
@@ -86,9 +71,26 @@ def prepare_socket(path: str, wait: float = 5.0) -> None:
         os.unlink(path)
 
 
-def _start_background(manager: Any, monitor: Any, settings: Settings) -> threading.Thread:
+def _drop_stale_in_child(config: Config, settings: Settings) -> bool:
+    """Run the stale-consumer check in a short-lived child; True once the engine answered.
+
+    A child, so that the ``docker`` package (requests, urllib3, …) never weighs
+    on the daemon's memory.
+    """
+    env = dict(os.environ, **{HANDOVER: handover(config, settings)})
+    result = subprocess.run(
+        [sys.executable, "-m", "docker_plugin.stale"],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+        timeout=120,
+    )  # fmt: skip
+    if result.returncode not in (0, 3):
+        event(log, "stale-consumer check failed", level=logging.WARNING,
+              detail=(result.stderr.strip().splitlines() or [""])[-1])  # fmt: skip
+    return result.returncode == 0
+
+
+def _start_background(manager: Any, monitor: Any, config: Config, settings: Settings) -> None:
     """Reconcile, start the health loop, then drop stale Docker consumers once."""
-    from docker_plugin.stale import drop_stale
 
     def work() -> None:
         report = manager.reconcile()
@@ -96,15 +98,10 @@ def _start_background(manager: Any, monitor: Any, settings: Settings) -> threadi
         monitor.start()
         # dockerd usually starts after the plugin: keep asking for a while.
         deadline = time.monotonic() + settings.engine_wait_seconds
-        while True:
-            result = drop_stale(manager, settings.docker_host)
-            if not result.error or time.monotonic() > deadline:
-                break
+        while not _drop_stale_in_child(config, settings) and time.monotonic() < deadline:
             time.sleep(5)
 
-    thread = threading.Thread(target=work, name="hepvol-docker-start", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=work, name="hepvol-docker-start", daemon=True).start()
 
 
 class PluginServer(BaseApplication):  # type: ignore[misc]
@@ -155,7 +152,7 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         from mount_core.health import HealthMonitor
 
         self.monitor = HealthMonitor(self.manager)
-        _start_background(self.manager, self.monitor, self.settings)
+        _start_background(self.manager, self.monitor, self.hepvol_config, self.settings)
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
         if self.monitor is not None:
@@ -174,22 +171,22 @@ def exec_lean(config: Config, settings: Settings) -> None:
 
     The ``hepvol`` command has imported every front to build its parser; the
     gunicorn master does not need any of that, and every page it holds is also
-    counted in its worker. The configuration travels as JSON in the environment.
+    counted in its worker.
     """
-    blob = json.dumps({"config": asdict(config), "settings": asdict(settings)})
-    env = dict(os.environ, **{_HANDOVER: blob})
+    env = dict(os.environ, **{HANDOVER: handover(config, settings)})
+    # glibc gives each thread its own malloc arena; two are plenty for this daemon
+    # and keep a worker full of threads from growing its RSS arena by arena.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     os.execve(sys.executable, [sys.executable, "-m", "docker_plugin.serve"], env)  # noqa: S606
 
 
 def main() -> int:
     """Entry point of the re-executed daemon (see :func:`exec_lean`)."""
-    from mount_core import config as config_module
     from mount_core import logs
 
-    data = json.loads(os.environ.pop(_HANDOVER))
-    config = config_module.load(env={"HEPVOL_CONFIG": os.devnull}, overrides=data["config"])
+    config, settings = take_handover()
     logs.configure(config.log_level)
-    return serve(config, Settings(**data["settings"]))
+    return serve(config, settings)
 
 
 if __name__ == "__main__":

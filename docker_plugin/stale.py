@@ -14,7 +14,9 @@ mount. If the engine cannot be asked, nothing is dropped.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -106,3 +108,19 @@ def drop_stale(
                 event(log, "dropped a stale Docker consumer", volume=volume,
                       consumer=row.consumer, driver=driver)  # fmt: skip
     return report
+
+
+def main() -> int:
+    """The daemon's start-up check, run as a child: 0 done, 3 engine not reachable."""
+    from docker_plugin.settings import take_handover
+    from mount_core import logs
+
+    config, settings = take_handover()
+    logs.configure(config.log_level)
+    report = drop_stale(MountManager(config), settings.docker_host)
+    print(json.dumps(report.as_dict()))
+    return 3 if report.error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
