@@ -1,0 +1,133 @@
+"""CSI benchmark: NodePublish+NodeUnpublish over gRPC vs the raw bind+umount pair.
+
+A real ``hepvol csi --mode node`` process serves an already-mounted repository (a
+holder target keeps it mounted); the pair is timed from a gRPC client at
+concurrency 1 and 16, next to the raw mount(2)+umount2(2) pair measured in the same
+run. Then the server's RSS idle and with N published volumes. Run as root:
+``python -m bench.csi [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from bench.common import machine, measure, rss_mb, table
+from csi_driver.client import Client
+from mount_core import bind
+from mount_core.mountinfo import MountTable
+
+SAMPLE = "bench.hepvol.org"
+CONTEXT = {"repository": SAMPLE}
+
+
+def _world(workdir: str) -> str:
+    for name in ("state", "mounts", "targets", f"repositories/{SAMPLE}"):
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
+        handle.write("bench\n")
+    path = os.path.join(workdir, "config.toml")
+    with open(path, "w") as handle:
+        handle.write(
+            f'state_dir = "{workdir}/state"\nmount_root = "{workdir}/mounts"\n'
+            f'target_roots = ["{workdir}/targets"]\nlog_level = "WARNING"\n'
+            f'[local]\nroot = "{workdir}/repositories"\n'
+        )
+    return path
+
+
+def _teardown(workdir: str) -> None:
+    for entry in sorted(MountTable().under(workdir), key=lambda e: -len(e.mount_point)):
+        bind.unmount(entry.mount_point, lazy=True)
+    run_dir = os.path.join(workdir, "state", "run")
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
+        try:
+            with open(os.path.join(run_dir, name)) as handle:
+                os.kill(int(handle.read().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(count: int, volumes: int) -> str:
+    workdir = tempfile.mkdtemp(prefix="hepvol-bench-csi-")
+    socket_dir = tempfile.mkdtemp(prefix="hepvol-csi-", dir="/tmp")
+    endpoint = f"unix://{socket_dir}/csi.sock"
+    env = dict(os.environ, HEPVOL_CONFIG=_world(workdir))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mount_core.cli", "csi", "--mode", "node", "--node-id", "bench",
+         "--endpoint", endpoint],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    client = Client(endpoint)
+    targets = os.path.join(workdir, "targets")
+    rows = []
+    try:
+        client.wait_ready()
+        client.publish("holder", os.path.join(targets, "holder"), CONTEXT)
+        backing = os.path.join(workdir, "mounts", f"cvmfs-{SAMPLE}")
+        idle_mb = rss_mb([server.pid])
+        raw_dirs = [os.path.join(targets, f"raw-{i}") for i in range(16)]
+        for directory in raw_dirs:
+            os.makedirs(directory, exist_ok=True)
+
+        def raw_pair(i: int) -> None:
+            target = raw_dirs[i % 16]
+            bind.mount(backing, target, None, bind.MS_BIND)
+            bind.unmount(target)
+
+        def csi_pair(i: int) -> None:
+            target = os.path.join(targets, f"pod-{i}")
+            client.publish(f"vol-{i}", target, CONTEXT)
+            client.unpublish(f"vol-{i}", target)
+
+        for concurrency in (1, 16):
+            raw = measure(raw_pair, count, 1)
+            pair = measure(csi_pair, count, concurrency)
+            rows.append((
+                concurrency, pair.p50_ms, pair.p99_ms, round(pair.per_second),
+                raw.p50_ms, round(pair.p50_ms / raw.p50_ms, 1),
+            ))  # fmt: skip
+        published = [os.path.join(targets, f"many-{i}") for i in range(volumes)]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda t: client.publish(f"v-{t}", t, CONTEXT), published))
+        loaded_mb = rss_mb([server.pid])
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda t: client.unpublish(f"v-{t}", t), published))
+    finally:
+        client.close()
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        _teardown(workdir)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    latency = table(
+        f"csi: NodePublish+NodeUnpublish of an already-mounted repository over gRPC "
+        f"({count} pairs; {machine()})",
+        ["concurrency", "pair p50 ms", "pair p99 ms", "pairs/s", "raw bind+umount p50 ms",
+         "ratio"],
+        rows,
+    )  # fmt: skip
+    memory = table(
+        "csi: server RSS (hepvol csi process; the FUSE server is a separate process)",
+        ["state", "RSS MB"],
+        [("idle (one volume published)", idle_mb), (f"{volumes} volumes published", loaded_mb)],
+    )
+    return latency + "\n" + memory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    args = parser.parse_args(argv)
+    print(run(200 if args.quick else 2000, 100 if args.quick else 1000))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
