@@ -85,36 +85,6 @@ def pod_dir(config: Config, n: int) -> str:
     return path
 
 
-def run(rounds: int, workdir: str) -> dict[str, Timing]:
-    config, driver = world(workdir)
-    options = json.dumps(OPTIONS)
-    python = sys.executable
-    keeper = pod_dir(config, -100)
-    call([driver, "mount", keeper, options])
-    names = ("python -c pass", "python -IS -c pass", "init", "mount (mounted repo)", "unmount")
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    started = time.perf_counter()
-    try:
-        for n in range(-5, rounds):
-            target = pod_dir(config, n)
-            times = [
-                call([python, "-c", "pass"]),
-                call([python, "-IS", "-c", "pass"]),
-                call([driver, "init"]),
-                call([driver, "mount", target, options]),
-                call([driver, "unmount", target]),
-            ]
-            os.rmdir(target)
-            if n >= 0:  # the first rounds warm the page cache
-                for name, seconds in zip(names, times, strict=True):
-                    samples[name].append(seconds)
-    finally:
-        call([driver, "unmount", keeper])
-        MountManager(config).gc_idle()
-    wall = time.perf_counter() - started
-    return {name: Timing(values, wall) for name, values in samples.items()}
-
-
 #: What a ``mount`` imports, in dependency order: stdlib modules the core needs,
 #: then the core and this front. Each step's cost is what it adds to the ones before.
 IMPORT_STEPS = (
@@ -133,16 +103,47 @@ print(repr(found))
 """
 
 
-def import_costs(rounds: int) -> list[tuple[str, float]]:
-    """Median milliseconds each step of a mount's imports adds, in fresh ``-IS`` processes."""
+def import_steps() -> dict[str, float]:
+    """Milliseconds each step of a mount's imports adds, in one fresh ``-IS`` process."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = _STEPPER % (root, IMPORT_STEPS)
-    runs = [
-        dict(ast.literal_eval(subprocess.run([sys.executable, "-IS", "-c", script],
-                                             capture_output=True, check=True, env={}).stdout.decode()))
-        for _ in range(rounds)
-    ]  # fmt: skip
-    return [(name, statistics.median(r[name] for r in runs)) for name in IMPORT_STEPS]
+    result = subprocess.run([sys.executable, "-IS", "-c", _STEPPER % (root, IMPORT_STEPS)],
+                            capture_output=True, check=True, env={})  # fmt: skip
+    return dict(ast.literal_eval(result.stdout.decode()))
+
+
+def run(rounds: int, workdir: str) -> tuple[dict[str, Timing], list[tuple[str, float]]]:
+    config, driver = world(workdir)
+    options = json.dumps(OPTIONS)
+    python = sys.executable
+    keeper = pod_dir(config, -100)
+    call([driver, "mount", keeper, options])
+    names = ("python -c pass", "python -IS -c pass", "init", "mount (mounted repo)", "unmount")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    imports: dict[str, list[float]] = {}
+    started = time.perf_counter()
+    try:
+        for n in range(-5, rounds):
+            target = pod_dir(config, n)
+            times = [
+                call([python, "-c", "pass"]),
+                call([python, "-IS", "-c", "pass"]),
+                call([driver, "init"]),
+                call([driver, "mount", target, options]),
+                call([driver, "unmount", target]),
+            ]
+            os.rmdir(target)
+            steps = import_steps()
+            if n >= 0:  # the first rounds warm the page cache
+                for name, seconds in zip(names, times, strict=True):
+                    samples[name].append(seconds)
+                for name, ms in steps.items():
+                    imports.setdefault(name, []).append(ms)
+    finally:
+        call([driver, "unmount", keeper])
+        MountManager(config).gc_idle()
+    wall = time.perf_counter() - started
+    costs = [(name, statistics.median(imports[name])) for name in IMPORT_STEPS]
+    return {name: Timing(values, wall) for name, values in samples.items()}, costs
 
 
 def main(argv: list[str]) -> int:
@@ -153,7 +154,7 @@ def main(argv: list[str]) -> int:
     rounds = 20 if args.quick else args.rounds
     workdir = tempfile.mkdtemp(prefix="hepvol-bench-flex-")
     try:
-        timings = run(rounds, workdir)
+        timings, costs = run(rounds, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     bare = timings["python -c pass"].p50_ms
@@ -169,7 +170,6 @@ def main(argv: list[str]) -> int:
     mount = timings["mount (mounted repo)"].p50_ms
     print(f"mount of an already-mounted repository: {mount / bare:.2f}x bare python (goal 1.30x)")
     print()
-    costs = import_costs(rounds)
     rows = [
         *costs,
         ("all imports", sum(ms for _, ms in costs)),
