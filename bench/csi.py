@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.common import machine, measure, rss_mb, table
@@ -55,14 +58,44 @@ def _teardown(workdir: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_seconds(port: int) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) of OK Node RPCs from the server's own histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found: dict[str, list[float]] = {}
+    pattern = (
+        r'hepvol_csi_rpc_seconds_(sum|count)\{code="OK",method="(NodeU?n?[Pp]ublishVolume)"\} (\S+)'
+    )
+    for kind, method, value in re.findall(pattern, text):
+        found.setdefault(method, [0.0, 0.0])[0 if kind == "sum" else 1] = float(value)
+    return {method: (v[0], v[1]) for method, v in found.items()}
+
+
+def _server_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> float:
+    """Mean server-side ms of one publish+unpublish pair between two scrapes."""
+    total = 0.0
+    for method, (seconds, count) in after.items():
+        old_seconds, old_count = before.get(method, (0.0, 0.0))
+        total += (seconds - old_seconds) / max(count - old_count, 1)
+    return total * 1000
+
+
 def run(count: int, volumes: int) -> str:
     workdir = tempfile.mkdtemp(prefix="hepvol-bench-csi-")
     socket_dir = tempfile.mkdtemp(prefix="hepvol-csi-", dir="/tmp")
     endpoint = f"unix://{socket_dir}/csi.sock"
     env = dict(os.environ, HEPVOL_CONFIG=_world(workdir))
+    port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mount_core.cli", "csi", "--mode", "node", "--node-id", "bench",
-         "--endpoint", endpoint],
+         "--endpoint", endpoint, "--metrics-port", str(port), "--metrics-address", "127.0.0.1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     client = Client(endpoint)
@@ -89,9 +122,11 @@ def run(count: int, volumes: int) -> str:
 
         for concurrency in (1, 16):
             raw = measure(raw_pair, count, 1)
+            before = _server_seconds(port)
             pair = measure(csi_pair, count, concurrency)
+            inside = _server_ms(before, _server_seconds(port))
             rows.append((
-                concurrency, pair.p50_ms, pair.p99_ms, round(pair.per_second),
+                concurrency, pair.p50_ms, pair.p99_ms, round(pair.per_second), inside,
                 raw.p50_ms, round(pair.p50_ms / raw.p50_ms, 1),
             ))  # fmt: skip
         published = [os.path.join(targets, f"many-{i}") for i in range(volumes)]
@@ -109,8 +144,8 @@ def run(count: int, volumes: int) -> str:
     latency = table(
         f"csi: NodePublish+NodeUnpublish of an already-mounted repository over gRPC "
         f"({count} pairs; {machine()})",
-        ["concurrency", "pair p50 ms", "pair p99 ms", "pairs/s", "raw bind+umount p50 ms",
-         "ratio"],
+        ["concurrency", "pair p50 ms", "pair p99 ms", "pairs/s", "in server (mean) ms",
+         "raw bind+umount p50 ms", "ratio"],
         rows,
     )  # fmt: skip
     memory = table(

@@ -98,9 +98,10 @@ class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 ok = code == grpc.StatusCode.OK
                 level = logging.DEBUG if ok and method in _QUIET else (
                     logging.INFO if ok else logging.WARNING)  # fmt: skip
+                target = getattr(request, "target_path", None) or None
                 event(log, method if ok else f"{method}: {message}", volume=_volume_of(request),
-                      level=level, method=method, code=code.name, ms=round(seconds * 1000, 3),
-                      target=getattr(request, "target_path", None) or None)  # fmt: skip
+                      consumer=f"csi:{target}" if target else None, level=level, method=method,
+                      code=code.name, ms=round(seconds * 1000, 3), target=target)  # fmt: skip
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,

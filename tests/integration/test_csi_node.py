@@ -248,6 +248,27 @@ def test_inline_ephemeral_records_the_pod_and_frees_all_on_failure(
     assert hepvol_env.manager().status() == []
 
 
+def test_failed_publish_after_mounting_frees_the_fresh_mount(hepvol_env: HepvolEnv) -> None:
+    hepvol_env.make_repo("eospublic", {"eos/opendata/README": "open data\n"})
+    server = start_csi(hepvol_env, "--mode", "node", "--node-id", "n", "--driver", "eos")
+    csi = next(server)
+    try:
+        target = hepvol_env.targets / "eph"
+        context = {"instance": "eospublic", "path": "/eos/missing",
+                   "csi.storage.k8s.io/ephemeral": "true"}  # fmt: skip
+        code, details = code_of(csi.client.publish, "csi-eph", str(target), context)
+        assert code == grpc.StatusCode.NOT_FOUND and "eos/missing" in details
+        assert not target.exists()
+        assert mounts_under(hepvol_env) == [], "the instance mount made for it is gone"
+        assert hepvol_env.manager().status() == []
+        context["path"] = "/eos/opendata"
+        csi.client.publish("csi-eph", str(target), context)
+        assert (target / "README").read_text() == "open data\n"
+        csi.client.unpublish("csi-eph", str(target))
+    finally:
+        server.close()
+
+
 def test_hundred_volumes_published_concurrently(csi: CsiProcess, hepvol_env: HepvolEnv) -> None:
     targets = [str(hepvol_env.targets / f"pod-{i}") for i in range(100)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
