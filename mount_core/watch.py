@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from mount_core.config import Config
+from mount_core.errors import ConfigError
 from mount_core.logs import event
 
 log = logging.getLogger("hepvol.watch")
@@ -53,7 +54,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         from prometheus_client import start_http_server
 
         metrics.register(manager.ledger)
-        server = start_http_server(args.metrics_port, addr=args.metrics_address)
+        try:
+            server = start_http_server(args.metrics_port, addr=args.metrics_address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {args.metrics_address}:{args.metrics_port}: "
+                f"{exc.strerror}; choose another --metrics-port (0 turns metrics off)"
+            ) from None
     monitor = HealthMonitor(manager)
     monitor.start()
     event(log, "watching", interval=monitor.interval, metrics_port=args.metrics_port)
