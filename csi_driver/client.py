@@ -75,9 +75,11 @@ class Client:
         request = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
         return self.node.NodeUnpublishVolume(request)
 
-    def stats(self, volume_id: str, path: str) -> csi_pb2.NodeGetVolumeStatsResponse:
+    def stats(
+        self, volume_id: str, path: str, timeout: float | None = None
+    ) -> csi_pb2.NodeGetVolumeStatsResponse:
         request = csi_pb2.NodeGetVolumeStatsRequest(volume_id=volume_id, volume_path=path)
-        return self.node.NodeGetVolumeStats(request)
+        return self.node.NodeGetVolumeStats(request, timeout=timeout)
 
 
 def _show(message: Message) -> None:

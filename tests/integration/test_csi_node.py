@@ -317,3 +317,25 @@ def test_volume_condition_abnormal_while_dead_and_normal_after_repair(
                     timeout=20)  # fmt: skip
     assert (target / "README").read_text() == "sample trunk\n"
     assert csi.client.stats("vol", str(target)).usage
+
+
+def test_volume_stats_never_block_on_a_hung_fuse_server(
+    csi: CsiProcess, hepvol_env: HepvolEnv
+) -> None:
+    target = hepvol_env.targets / "pod"
+    csi.client.publish("vol", str(target), SAMPLE_CONTEXT)
+    pids = hepvol_env.server_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        bound = hepvol_env.config.probe_timeout_seconds + 2
+        for _ in range(3):
+            stats = csi.client.stats("vol", str(target), timeout=bound)
+            assert stats.volume_condition.abnormal
+            assert "not responding" in stats.volume_condition.message
+        assert csi.client.identity.Probe(csi_pb2.ProbeRequest(), timeout=1).ready.value
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert wait_for(lambda: not csi.client.stats("vol", str(target)).volume_condition.abnormal,
+                    timeout=20)  # fmt: skip
