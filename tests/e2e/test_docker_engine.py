@@ -140,7 +140,10 @@ def test_removing_a_volume_in_use_shows_the_plugins_error(plugin: Plugin) -> Non
     reader = _detached(plugin, SAMPLE, "sleep", "300")
     assert docker("volume", "rm", SAMPLE, check=False).returncode != 0
     docker("rm", "-f", reader)
-    assert SAMPLE in docker("volume", "ls", "-q").stdout.split()
+    listed = docker("volume", "ls", "-q", "-f", f"driver={plugin.driver}").stdout.split()
+    assert listed == [SAMPLE], "refused removes removed nothing"
+    plugin.call("VolumeDriver.Unmount", {"Name": SAMPLE, "ID": "elsewhere"})
+    docker("volume", "rm", SAMPLE)
 
 
 @pytest.mark.parametrize(
