@@ -23,7 +23,7 @@ FRONTS: list[tuple[str, str, str]] = [
     ("csi", "csi_driver.server", "Kubernetes CSI driver (Identity, Node, Controller) on a socket"),
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
     ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
-    ("docker-plugin", "docker_plugin.command", "serve a Docker volume plugin (cvmfs or eos driver)"),
+    ("docker-plugin", "docker_plugin.command", "Docker volume plugin daemon (cvmfs or eos)"),
     ("install", "mount_core.install", "set up a Docker host: systemd units, config, state dirs"),
     ("uninstall", "mount_core.install", "remove what `hepvol install` set up (keeps config, state)"),
 ]
