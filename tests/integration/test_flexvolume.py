@@ -459,3 +459,14 @@ def test_a_call_imports_nothing_heavy(kubelet: Kubelet) -> None:
              "docker", "google.protobuf"}  # fmt: skip
     assert loaded & heavy == set()
     assert kubelet.mounts() == []
+
+
+def test_showcase_for_make_run_replays_a_pod(
+    hepvol_env: HepvolEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flexvolume.showcase import show
+
+    assert show(hepvol_env.config, str(hepvol_env.workdir)) is True
+    out = capsys.readouterr().out
+    assert '"status": "Success"' in out and "pod demo/analysis" in out and "README" in out
+    assert [e for e in MountTable().under(str(hepvol_env.workdir))] == []
