@@ -64,12 +64,15 @@ def show(config: Config, workdir: str, repository: str = "sample.hepvol.org") ->
         "kubernetes.io/pod.uid": POD_UID,
         "kubernetes.io/serviceAccount.name": "default",
     }
-    ok = _call(driver, "init")["status"] == "Success"
-    mounted = _call(driver, "mount", pod, json.dumps(options))["status"] == "Success"
-    if mounted:
-        print(f"$ ls {pod}\n  " + "  ".join(sorted(os.listdir(pod))))
-        print("$ hepvol status\n" + as_table(MountManager(config).status()))
-    ok = ok and mounted and _call(driver, "unmount", pod)["status"] == "Success"
-    os.rmdir(pod)  # as kubelet does after unmount
-    install.uninstall(plugins)
+    ok = False
+    try:
+        ok = _call(driver, "init")["status"] == "Success"
+        ok = _call(driver, "mount", pod, json.dumps(options))["status"] == "Success" and ok
+        if ok:
+            print(f"$ ls {pod}\n  " + "  ".join(sorted(os.listdir(pod))))
+            print("$ hepvol status\n" + as_table(MountManager(config).status()))
+    finally:
+        ok = _call(driver, "unmount", pod)["status"] == "Success" and ok
+        os.rmdir(pod)  # as kubelet does after unmount
+        install.uninstall(plugins)
     return ok
