@@ -1,0 +1,190 @@
+"""The node image built here and the Docker plugin run from it, with a real dockerd.
+
+``images/local/build`` makes the image in the test engine (Debian base from
+debootstrap, cached under .tools/; hepvol from host-built wheels). Then:
+- the plugin runs from the image as a container sharing its socket dir and mount
+  root with the host (``rshared``), and ``docker run -v <repo>:/cvmfs/<repo>``
+  reads through it;
+- the managed (v2) plugin is assembled from the image by
+  ``deploy/docker/managed/create`` and driven through create, enable, volume
+  create, a read, disable (mounts gone) and enable again (volumes still listed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from mount_core.mountinfo import MountTable
+from tests.conftest import REPO, SAMPLE, HepvolEnv, wait_for
+from tests.e2e.dockerd import IMAGE, PLUGIN_DIR, Dockerd, dockerd
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+__all__ = ["dockerd"]
+
+NODE_IMAGE = "hepvol-node:local"
+# This machine's capability bounding set lacks CAP_SYS_RESOURCE, so runc refuses
+# --privileged; the plugin needs exactly what its managed form gets: CAP_SYS_ADMIN
+# and /dev/fuse (plus no seccomp/AppArmor filter on mount(2)).
+PLUGIN_PRIVILEGES = [
+    "--cap-add", "SYS_ADMIN", "--device", "/dev/fuse",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def node_image(dockerd: Dockerd, request: pytest.FixtureRequest) -> str:
+    result = subprocess.run([str(REPO / "images" / "local" / "build"), NODE_IMAGE],
+                            env=dockerd.env(), capture_output=True, text=True, timeout=900,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, f"image build failed:\n{result.stdout}\n{result.stderr}"
+    # Size and build time go to the terminal, past pytest's capture.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        for line in result.stdout.splitlines():
+            print(f"\n[images/local/build] {line}")
+    return NODE_IMAGE
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}x{abs(hash(os.urandom(4))) % 10000}"
+
+
+def test_image_has_hepvol_and_no_compiler(dockerd: Dockerd, node_image: str) -> None:
+    help_text = dockerd.docker("run", "--rm", "--network", "none", node_image, "--help").stdout
+    for command in ("csi", "docker-plugin", "flexvolume", "watch"):
+        assert command in help_text
+    probe = "import pyfuse3, grpc, flask, gunicorn; import csi_driver.generated.csi_pb2"
+    dockerd.docker("run", "--rm", "--network", "none", "--entrypoint", "python3", node_image,
+                   "-c", probe)  # fmt: skip
+    for compiler in ("gcc", "cc", "x86_64-linux-gnu-gcc"):
+        found = dockerd.docker("run", "--rm", "--network", "none", "--entrypoint", "sh",
+                               node_image, "-c", f"command -v {compiler}", check=False)  # fmt: skip
+        assert found.returncode != 0, f"{compiler} is in the image"
+
+
+@pytest.fixture
+def shared_world(hepvol_env: HepvolEnv) -> HepvolEnv:
+    """The world's mount root made a shared mount, as ``rshared`` binds require."""
+    root = hepvol_env.config.mount_root
+    subprocess.run(["mount", "--bind", root, root], check=True)
+    subprocess.run(["mount", "--make-shared", root], check=True)
+    return hepvol_env
+
+
+@pytest.fixture
+def image_plugin(dockerd: Dockerd, node_image: str, shared_world: HepvolEnv) -> Iterator[str]:
+    """``hepvol docker-plugin`` running from the image; yields its driver name."""
+    config = shared_world.config
+    driver = _unique("hepvolimage")
+    socket = PLUGIN_DIR / f"{driver}.sock"
+    binds = [f"{PLUGIN_DIR}:{PLUGIN_DIR}", f"{config.state_dir}:{config.state_dir}",
+             f"{config.mount_root}:{config.mount_root}:rshared",
+             f"{config.local.root}:{config.local.root}:ro"]  # fmt: skip
+    environment = {"HEPVOL_STATE_DIR": config.state_dir, "HEPVOL_MOUNT_ROOT": config.mount_root,
+                   "HEPVOL_LOCAL_ROOT": config.local.root,
+                   "HEPVOL_TARGET_ROOTS": ":".join(config.target_roots)}  # fmt: skip
+    argv = ["run", "-d", "--name", driver, "--network", "none", *PLUGIN_PRIVILEGES]
+    for bind in binds:
+        argv += ["-v", bind]
+    for key, value in environment.items():
+        argv += ["-e", f"{key}={value}"]
+    argv += [node_image, "docker-plugin", "--driver", "cvmfs", "--name", driver,
+             "--socket", str(socket)]  # fmt: skip
+    try:
+        PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
+        dockerd.docker(*argv)
+        if not wait_for(socket.exists, 30, 0.2):
+            logs = dockerd.docker("logs", driver, check=False)
+            raise AssertionError(f"plugin in the image did not start: {logs.stdout}{logs.stderr}")
+        yield driver
+    finally:
+        # Forget the volumes while the plugin still answers, or dockerd keeps them.
+        for volume in dockerd.docker("volume", "ls", "-q", "-f", f"driver={driver}",
+                                     check=False).stdout.split():  # fmt: skip
+            dockerd.docker("volume", "rm", "-f", volume, check=False)
+        dockerd.remove_containers()
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+
+
+def test_docker_run_reads_through_the_plugin_running_in_the_image(
+    dockerd: Dockerd, image_plugin: str, shared_world: HepvolEnv
+) -> None:
+    out = dockerd.docker("run", "--rm", "--network", "none", "-v", f"{SAMPLE}:/cvmfs/{SAMPLE}",
+                         "--volume-driver", image_plugin, IMAGE, "cat",
+                         f"/cvmfs/{SAMPLE}/README").stdout  # fmt: skip
+    assert out == "sample trunk\n"
+    # The backing mount was made inside the plugin's container, on the host's side
+    # of the shared mount root, and went when the container's volume was released.
+    mounts = shared_world.config.mount_root
+    assert wait_for(
+        lambda: not [e for e in MountTable().under(mounts) if e.fstype.startswith("fuse")], 10
+    )
+
+
+@pytest.fixture
+def managed_plugin(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iterator[str]:
+    """The managed plugin, created from the image and configured for this world."""
+    name = f"{_unique('hepvolmanaged')}:test"
+    state = hepvol_env.workdir / "plugin-state"
+    state.mkdir(mode=0o700)
+    result = subprocess.run([str(REPO / "deploy" / "docker" / "managed" / "create"), name,
+                             node_image], env=dockerd.env(), capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    try:
+        # A grace period keeps the backing mount up after a container leaves, so
+        # that `disable` has a mount to clean up.
+        dockerd.docker("plugin", "set", name, f"state.source={state}",
+                       f"repositories.source={hepvol_env.repos}",
+                       "HEPVOL_IDLE_UNMOUNT_SECONDS=300")  # fmt: skip
+        yield name
+    finally:
+        dockerd.remove_containers()
+        for volume in dockerd.docker("volume", "ls", "-q", "-f", f"driver={name}",
+                                     check=False).stdout.split():  # fmt: skip
+            dockerd.docker("volume", "rm", "-f", volume, check=False)
+        dockerd.docker("plugin", "disable", "-f", name, check=False)
+        dockerd.docker("plugin", "rm", "-f", name, check=False)
+
+
+def _plugin_mounts(dockerd: Dockerd, name: str) -> set[str]:
+    """FUSE mount points under the plugin's directories (propagation may show one twice)."""
+    plugin_id = dockerd.docker("plugin", "inspect", "-f", "{{.Id}}", name).stdout.strip()
+    return {e.mount_point for e in MountTable().entries if plugin_id in e.mount_point
+            and e.fstype.startswith("fuse")}  # fmt: skip
+
+
+def test_managed_plugin_serves_volumes_and_cleans_up_on_disable(
+    dockerd: Dockerd, managed_plugin: str
+) -> None:
+    name = managed_plugin
+    settings = json.loads(dockerd.docker("plugin", "inspect", name).stdout)[0]
+    assert settings["Config"]["Interface"]["Types"] == ["docker.volumedriver/1.0"]
+    assert settings["Config"]["PropagatedMount"] == "/var/lib/hepvol/mounts"
+    dockerd.docker("plugin", "enable", name)
+    dockerd.docker("volume", "create", "-d", name, SAMPLE)
+    dockerd.docker("volume", "create", "-d", name, f"{SAMPLE}@v1")
+    read = dockerd.docker("run", "--rm", "--network", "none", "--mount",
+                          f"type=volume,source={SAMPLE},target=/cvmfs/{SAMPLE},readonly,volume-nocopy",
+                          IMAGE, "cat", f"/cvmfs/{SAMPLE}/README").stdout  # fmt: skip
+    assert read == "sample trunk\n"
+    (held,) = _plugin_mounts(dockerd, name)  # kept for the grace period
+    assert held.endswith(f"/propagated-mount/cvmfs-{SAMPLE}")
+
+    # Volumes stay known to dockerd, so disabling needs -f; the plugin's mounts go.
+    dockerd.docker("plugin", "disable", "-f", name)
+    assert wait_for(lambda: not _plugin_mounts(dockerd, name), 15)
+
+    dockerd.docker("plugin", "enable", name)
+    listed = dockerd.docker("volume", "ls", "-q", "-f", f"driver={name}").stdout.split()
+    assert sorted(listed) == [SAMPLE, f"{SAMPLE}@v1"]
+    again = dockerd.docker("run", "--rm", "--network", "none", "-v", f"{SAMPLE}@v1:/data:ro",
+                           IMAGE, "cat", "/data/README").stdout  # fmt: skip
+    assert again == "sample v1\n"
