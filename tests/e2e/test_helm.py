@@ -22,6 +22,7 @@ import yaml
 
 from mount_core import cli
 from mount_core import config as config_module
+from mount_core.backends import eos_config
 from tests.conftest import REPO
 
 CHART = REPO / "deploy" / "helm" / "hepvol"
@@ -163,6 +164,9 @@ def test_node_config_is_accepted_by_hepvol(values: str | None, tmp_path: Path) -
     assert loaded.state_dir == chosen["hepvol"]["stateDir"]
     assert loaded.cvmfs.automount is chosen["cvmfs"]["automount"]
     assert [dict(i) for i in loaded.eos.instances] == chosen["eos"]["instances"]
+    assert sorted(eos_config.parse_instances(loaded.eos.instances)) == sorted(
+        i["name"] for i in chosen["eos"]["instances"]
+    )
 
 
 def _node_daemonsets(values: str | None) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:

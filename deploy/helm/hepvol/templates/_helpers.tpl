@@ -75,7 +75,11 @@ client = {{ .Values.eos.client | toJson }}
 
 [[eos.instances]]
 {{- range $key, $value := . }}
+{{- if kindIs "map" $value }}
+{{ $key }} = { {{- range $i, $k := keys $value | sortAlpha }}{{ if $i }},{{ end }} {{ $k }} = {{ index $value $k | toJson }}{{- end }} }
+{{- else }}
 {{ $key }} = {{ $value | toJson }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}
