@@ -31,8 +31,8 @@ _TEMPLATE = """#!{python} -IS
 import os
 import sys
 
-sys.path[:0] = {front!r}
-sys.path += {back!r}
+# After the standard library, as site would put them: nothing here can shadow it.
+sys.path += {paths!r}
 try:
     from flexvolume.driver import main
 except BaseException as exc:
@@ -64,15 +64,16 @@ def launcher(backend: str, config_path: str | None, python: str | None = None) -
     import flexvolume
     import mount_core
 
-    front: list[str] = []
+    paths: list[str] = []
     for package in (flexvolume, mount_core):
         root = os.path.dirname(os.path.abspath(next(iter(package.__path__))))
-        if root not in front:
-            front.append(root)
-    paths = sysconfig.get_paths()
-    back = list(dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if p not in front))
+        if root not in paths:
+            paths.append(root)
+    for directory in (sysconfig.get_path("purelib"), sysconfig.get_path("platlib")):
+        if directory not in paths:
+            paths.append(directory)
     config = os.path.abspath(config_path) if config_path else None
-    return _TEMPLATE.format(python=python, vendor=VENDOR, backend=backend, front=front, back=back,
+    return _TEMPLATE.format(python=python, vendor=VENDOR, backend=backend, paths=paths,
                             config=config)  # fmt: skip
 
 
