@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import machine, measure, median, rss_mb, table
@@ -51,6 +52,31 @@ def call(path: str, method: str, body: dict[str, str] | None = None) -> dict[str
         raise RuntimeError(f"{method} failed: {head.splitlines()[:1]} {reply[:200]!r}")
     result: dict[str, str] = json.loads(reply)
     return result
+
+
+def hello_app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+    """A bare WSGI app: the floor of any call served by gunicorn gthread."""
+    environ["wsgi.input"].read()  # type: ignore[attr-defined]
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
+    return [b"{}"]
+
+
+def start_bare_gunicorn(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    """gunicorn with the plugin's worker settings (1 gthread worker, 16 threads), no app."""
+    path = os.path.join(workdir, "bare.sock")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-b", f"unix:{path}", "-w", "1", "-k", "gthread",
+         "--threads", "16", "--log-level", "warning", "bench.docker_plugin:hello_app"],
+        cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            call(path, "ping")
+            return process, path
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("bare gunicorn did not start")
 
 
 def make_world(workdir: str) -> Config:
@@ -98,7 +124,9 @@ def plugin_pids(process: subprocess.Popen[bytes]) -> list[int]:
         return [process.pid]
 
 
-def rpc_rows(config: Config, socket_path: str, count: int) -> list[tuple[object, ...]]:
+def rpc_rows(
+    config: Config, socket_path: str, bare_path: str, count: int
+) -> list[tuple[object, ...]]:
     call(socket_path, "VolumeDriver.Create", {"Name": SAMPLE})
     # A long-lived holder keeps the backing mount up: pairs measure the protocol
     # and the ledger, not a FUSE server start per pair.
@@ -113,6 +141,10 @@ def rpc_rows(config: Config, socket_path: str, count: int) -> list[tuple[object,
         call(socket_path, "Plugin.Activate")
         call(socket_path, "Plugin.Activate")
 
+    def bare_pair(i: int) -> None:
+        call(bare_path, "ping")
+        call(bare_path, "ping")
+
     manager = MountManager(config)
     spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
 
@@ -126,6 +158,7 @@ def rpc_rows(config: Config, socket_path: str, count: int) -> list[tuple[object,
         for name, operation in (
             ("Mount+Unmount over the socket", pair),
             ("floor: 2 empty calls (Plugin.Activate)", empty_pair),
+            ("floor: 2 calls to a bare WSGI app, same gunicorn settings", bare_pair),
             ("floor: core acquire+release in-process", core_pair),
         ):
             timing = measure(operation, count, concurrency, warmup=50)
@@ -177,8 +210,11 @@ def main(argv: list[str]) -> int:
     socket_path = f"/run/docker/plugins/{driver}.sock"
     config = make_world(workdir)
     process = start_plugin(workdir, driver, socket_path)
+    bare, bare_path = start_bare_gunicorn(workdir)
     try:
-        rows = rpc_rows(config, socket_path, count)
+        rows = rpc_rows(config, socket_path, bare_path, count)
+        os.killpg(bare.pid, 15)
+        bare.wait(30)
         rss = rss_mb(plugin_pids(process))
         run_rows = docker_run_rows(driver, runs) if shutil.which("dockerd") else []
         rss_after = rss_mb(plugin_pids(process))

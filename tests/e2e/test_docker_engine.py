@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from docker_plugin import demo
 from docker_plugin.stale import drop_stale
 from tests.conftest import SAMPLE, HepvolEnv, wait_for
 from tests.e2e.dockerd import IMAGE, Dockerd, Plugin, dockerd, make_plugin
@@ -198,3 +200,40 @@ def test_stale_docker_consumers_are_dropped_against_the_engine(plugin: Plugin) -
     assert _consumers(plugin) in ({}, {SAMPLE: 1})
     drop_stale(manager, plugin.engine.host, now=time.time() + 3600)
     assert plugin.backings() == []
+
+
+@pytest.fixture
+def eos_plugin(hepvol_env: HepvolEnv, dockerd: Dockerd) -> Iterator[Plugin]:
+    hepvol_env.make_repo("eosdemo", {"experiment/run1/events.txt": "eos events\n"})
+    yield from make_plugin(hepvol_env, dockerd, backend="eos")
+
+
+def test_eos_volume_shows_its_path_in_a_container(eos_plugin: Plugin) -> None:
+    plugin = eos_plugin
+    plugin.engine.docker("volume", "create", "-d", plugin.driver, "-o", "instance=eosdemo",
+                         "-o", "path=/experiment", "run-data")  # fmt: skip
+    out = plugin.run(["-v", "run-data:/data", "--volume-driver", plugin.driver],
+                     "cat", "/data/run1/events.txt")  # fmt: skip
+    assert out == "eos events\n"
+    implicit = plugin.run(["-v", "nothing-given:/data", "--volume-driver", plugin.driver], "true",
+                          check=False)  # fmt: skip
+    assert "instance" in implicit and "is required for EOS volumes" in implicit
+    assert plugin.backings() == []
+
+
+def test_make_run_demo_reads_the_sample_through_docker(
+    hepvol_env: HepvolEnv, dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    driver = f"hepvoldemo{os.getpid()}"
+    process = demo.start(hepvol_env.config, driver)
+    try:
+        assert demo.engine_available()
+        command, output = demo.show_docker_run(driver, SAMPLE)
+        assert output == "sample trunk\n"
+        assert f"{SAMPLE}:/cvmfs/{SAMPLE}" in command
+    finally:
+        dockerd.remove_containers()
+        dockerd.docker("volume", "rm", "-f", SAMPLE, check=False)
+        demo.stop(process)
+    assert process.returncode is not None

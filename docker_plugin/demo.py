@@ -1,0 +1,104 @@
+"""The Docker plugin in ``make run``: start it on a configuration, show ``docker run -v``.
+
+:func:`start` runs the plugin daemon (the same lean gunicorn process as ``hepvol
+docker-plugin``) for a :class:`~mount_core.config.Config` built in memory, such as
+the demo's. :func:`show_docker_run` then, when a Docker engine answers, imports a
+tiny busybox image (no registry needed) and reads a file of a repository through
+``docker run -v REPO:/cvmfs/REPO --volume-driver DRIVER``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from docker_plugin.settings import HANDOVER, PLUGIN_DIR, Settings, handover
+from mount_core.config import Config
+from mount_core.errors import MountFailed
+
+IMAGE = "hepvol-demo-base:latest"
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def start(config: Config, driver: str = "cvmfs", timeout: float = 30) -> subprocess.Popen[bytes]:
+    """Start the plugin serving ``driver`` (a CVMFS driver) and wait until it answers."""
+    settings = Settings(
+        driver=driver, backend="cvmfs", socket_path=os.path.join(PLUGIN_DIR, f"{driver}.sock")
+    )
+    env = dict(os.environ, **{HANDOVER: handover(config, settings)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "docker_plugin.serve"],
+        env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not _answers(settings.socket_path):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise MountFailed(f"the Docker plugin did not start on {settings.socket_path}")
+        time.sleep(0.1)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the plugin gracefully (its backing mounts stay until released)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def engine_available() -> bool:
+    """True when a Docker engine answers at ``$DOCKER_HOST`` (or the default socket)."""
+    if shutil.which("docker") is None:
+        return False
+    return _docker("version", timeout=10).returncode == 0
+
+
+def _ensure_image() -> None:
+    if _docker("image", "inspect", IMAGE).returncode == 0:
+        return
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise MountFailed("busybox is not installed: cannot build the demo image")
+    with tempfile.TemporaryDirectory(prefix="hepvol-demo-image-") as root:
+        os.makedirs(os.path.join(root, "rootfs", "bin"))
+        shutil.copy(busybox, os.path.join(root, "rootfs", "bin", "busybox"))
+        for tool in ("sh", "ls", "cat"):
+            os.symlink("busybox", os.path.join(root, "rootfs", "bin", tool))
+        archive = os.path.join(root, "rootfs.tar")
+        subprocess.run(["tar", "-C", os.path.join(root, "rootfs"), "-cf", archive, "."], check=True)
+        result = _docker("import", archive, IMAGE)
+        if result.returncode != 0:
+            raise MountFailed(f"cannot import the demo image: {result.stderr.strip()}")
+
+
+def show_docker_run(driver: str, repository: str, path: str = "README") -> tuple[list[str], str]:
+    """Read ``path`` of ``repository`` in a container; (command line, output or error)."""
+    _ensure_image()
+    command = ["docker", "run", "--rm", "--network", "none", "-v",
+               f"{repository}:/cvmfs/{repository}", "--volume-driver", driver,
+               IMAGE, "cat", f"/cvmfs/{repository}/{path}"]  # fmt: skip
+    result = _docker(*command[1:])
+    return command, result.stdout if result.returncode == 0 else result.stderr
