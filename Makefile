@@ -6,10 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv autofs \
-                util-linux procps iproute2 docker.io busybox-static
+                util-linux procps iproute2 docker.io busybox-static debootstrap
 PYTEST_ARGS ?=
 
-.PHONY: all setup root apt venv run test lint bench clean tools manifests
+.PHONY: all setup root apt venv run test lint bench clean tools manifests image managed-plugin
 
 # Pinned tools for the chart checks (tests/e2e/test_helm.py), built with `go install`
 # into .tools/ (ignored). Go's module and build caches (~/go, ~/.cache/go-build)
@@ -84,6 +84,13 @@ $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done: deploy/helm/openapi2jsonschema.py
 # Re-render deploy/kubernetes/ after changing the chart.
 manifests: tools
 	deploy/helm/render-manifests
+
+# The node image, built with no registry (Debian base by debootstrap, cached in
+# .tools/), in the engine at $DOCKER_HOST; then the Docker managed plugin from it.
+image: setup
+	images/local/build hepvol-node:local
+managed-plugin: image
+	deploy/docker/managed/create hepvol:local hepvol-node:local
 
 clean:
 	rm -rf $(VENV) .stamp-apt .stamp-venv build *.egg-info
