@@ -2,10 +2,11 @@
 
 One gunicorn worker process with a pool of threads (``gthread``). The daemon's
 background work — ``reconcile()`` at start, the one :class:`HealthMonitor`, the
-start-up check for stale Docker consumers — runs in that worker, started from
-its ``post_worker_init`` hook. With a single worker there is exactly one health
-loop per daemon, and if gunicorn replaces a crashed worker the loop comes back
-with it. The master never loads the app, so nothing with threads or SQLite
+start-up check for stale Docker consumers (itself run in a short-lived child, so
+the ``docker`` package never weighs on the daemon) — is started from that
+worker's ``post_worker_init`` hook. With a single worker there is exactly one
+health loop per daemon, and if gunicorn replaces a crashed worker the loop comes
+back with it. The master never loads the app, so nothing with threads or SQLite
 connections is ever forked. One process also keeps memory low; concurrency
 comes from threads (Mount waits on locks, SQLite and mount(2), all outside the
 GIL).
