@@ -113,15 +113,17 @@ class Automounter:
     def trigger(self, name: str) -> str:
         """Make autofs mount ``<root>/<name>`` and return that path.
 
-        The lookup blocks while the helper runs, so it is done in a worker thread
-        bounded by the mount timeout.
+        The directory is opened, not stat-ed: stat(2) never triggers autofs on an
+        existing directory (one left behind by a detached mount). The open blocks
+        while the helper runs, so it is done in a worker thread bounded by the
+        mount timeout.
         """
         path = os.path.join(self.root, name)
         box: list[BaseException | None] = []
 
         def look() -> None:
             try:
-                os.stat(path)
+                os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
                 box.append(None)
             except OSError as exc:
                 box.append(exc)

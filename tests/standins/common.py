@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,30 @@ def is_mounted(path: str, source: str | None = None) -> bool:
 
 
 def serve(source: str, mount_point: str, fsname: str, name: str) -> None:
-    """Start the read-only FUSE server (it daemonises, like the real clients)."""
+    """Mount a read-only FUSE server on ``mount_point`` and leave it running.
+
+    Like cvmfs2 and eosxd, the mount is made by this process's child before the
+    command returns, in the caller's process group: under autofs that group is
+    automount's, whose lookups inside the autofs root do not wait for automount
+    itself (a server that left the group first would deadlock on its own mount).
+    """
     run = control() / "run"
     run.mkdir(exist_ok=True)
     command = [
-        settings()["python"], "-m", "mount_core.backends.localfs",
+        settings()["python"], "-m", "mount_core.backends.localfs", "--foreground",
         "--fsname", fsname, "--subtype", "",
         "--pidfile", str(run / f"{name}.pid"),
-        "--log", str(run / f"{name}.log"),
         source, mount_point,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=settings()["repo"])
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        die(result.stderr.strip() or "fuse: failed to mount", 32)
+    with open(run / f"{name}.log", "ab") as log:
+        server = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, close_fds=True
+        )
+    deadline = time.monotonic() + 15
+    while not is_mounted(mount_point, fsname):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            tail = (run / f"{name}.log").read_text(errors="replace").strip().splitlines()
+            die(tail[-1] if tail else "fuse: failed to mount", 32)
+        time.sleep(0.02)
