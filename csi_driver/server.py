@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import stat
 import threading
 from typing import TYPE_CHECKING, Any
@@ -58,12 +59,20 @@ def socket_path(endpoint: str) -> str:
 
 
 def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by a dead server; refuse to steal a live one."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise ConfigError(
                 f"--endpoint: {path} exists and is not a socket; refusing to remove it"
             )
-        os.unlink(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)
+                return
+        raise ConfigError(f"--endpoint: another process is serving {path}; stop it first")
 
 
 class CsiServer:
@@ -111,11 +120,13 @@ class CsiServer:
 
     def start(self) -> None:
         """Adopt existing mounts (node), bind the socket, start serving."""
+        # A second daemon on the same socket must stop before it runs a second
+        # reconcile or health loop.
+        os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+        _remove_stale_socket(self.path)
         if self.monitor is not None:
             self.manager.reconcile()
             self.monitor.start()
-        os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
-        _remove_stale_socket(self.path)
         if self.server.add_insecure_port(f"unix://{self.path}") == 0:
             raise ConfigError(f"cannot listen on unix://{self.path}")
         self.server.start()

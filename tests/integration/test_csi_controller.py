@@ -166,3 +166,13 @@ def test_log_lines_and_metrics_never_show_secrets(hepvol_env: HepvolEnv) -> None
                  and e["method"] == "NodePublishVolume"]  # fmt: skip
     assert "secrets" not in request["request"]
     assert request["request"]["volume_context"] == context
+
+
+def test_a_second_server_does_not_steal_a_live_socket(controller: CsiProcess) -> None:
+    from tests.conftest import hepvol_cli
+
+    result = hepvol_cli(controller.env, "csi", "--mode", "controller", "--endpoint",
+                        controller.endpoint)  # fmt: skip
+    assert result.returncode == 2
+    assert "another process is serving" in result.stderr
+    assert controller.client.identity.Probe(csi_pb2.ProbeRequest()).ready.value
