@@ -1,14 +1,16 @@
 """``hepvol install docker`` / ``hepvol uninstall docker``: set up a Docker host.
 
-Writes one systemd template unit, ``hepvol-docker@.service`` (the instance name is
-the driver: ``hepvol-docker@cvmfs.service`` serves ``-d cvmfs``), enables an
-instance per driver for both ``multi-user.target`` and ``docker.service`` (ordered
+Installs the systemd unit of each driver, ``hepvol-docker-<driver>.service``,
+rendered from the one source of those units, ``deploy/docker/systemd/`` (shipped
+in the wheel under ``<prefix>/share/hepvol/systemd``): only ``ExecStart``'s
+program becomes this installation's ``hepvol``. Each unit is enabled for
+``multi-user.target`` and ``docker.service`` (the units order themselves
 ``Before=docker.service``: dockerd asks its volume plugins about known volumes as
-soon as it starts), writes ``/etc/hepvol/config.toml`` unless one exists, and
-creates the state directories. ``--root DIR`` renders everything under DIR
-instead of ``/`` and touches no running system (for packaging and tests).
+soon as it starts). Then ``/etc/hepvol/config.toml`` is written unless one exists,
+and the state directories are created. ``--root DIR`` renders everything under
+DIR instead of ``/`` and touches no running system (for packaging and tests).
 
-Uninstall stops and disables the units and removes the unit file; it keeps the
+Uninstall stops and disables the units and removes them; it keeps the
 configuration and the state directory, whose ledger still describes the mounts
 of running containers.
 """
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,36 +32,14 @@ from mount_core.errors import ConfigError
 
 DRIVERS = ("cvmfs", "eos")
 UNIT_DIR = "etc/systemd/system"
-UNIT = "hepvol-docker@.service"
 WANTED_BY = ("multi-user.target", "docker.service")
 CONFIG_PATH = "/etc/hepvol/config.toml"
-
-# KillMode=process: stopping or restarting the plugin must not kill the FUSE
-# servers (cvmfs2, eosxd, the local server) it started: they serve the mounts of
-# running containers, and the next start adopts them. systemd would otherwise
-# kill the whole control group.
-_UNIT_TEXT = """\
-# Written by `hepvol install docker`; reinstall rather than edit.
-[Unit]
-Description=hepvol Docker volume plugin, driver %i
-Documentation=https://github.com/cern/hepvol#deploying
-Before=docker.service
-After=local-fs.target network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-Environment=HEPVOL_CONFIG={config}
-ExecStart={command} --config {config} docker-plugin --driver %i
-KillMode=process
-Restart=on-failure
-RestartSec=2
-TimeoutStopSec=20
-LimitNOFILE=1048576
-
-[Install]
-WantedBy={wanted_by}
-"""
+#: Where the unit sources are: the wheel's data files, then a source checkout.
+UNIT_SOURCES = (
+    os.path.join(sys.prefix, "share", "hepvol", "systemd"),
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 "deploy", "docker", "systemd"),
+)  # fmt: skip
 
 _CONFIG_TEXT = """\
 # hepvol configuration, written by `hepvol install docker` (kept on reinstall and
@@ -73,6 +54,10 @@ client = "cvmfs2"
 [eos]
 client = "eosxd"
 """
+
+
+def unit_name(driver: str) -> str:
+    return f"hepvol-docker-{driver}.service"
 
 
 @dataclass(frozen=True)
@@ -121,10 +106,25 @@ def hepvol_command() -> str:
     return f"{sys.executable} -m mount_core.cli"
 
 
-def unit_text(command: str | None = None, config_path: str = CONFIG_PATH) -> str:
-    """The template unit (one source for every driver instance)."""
-    return _UNIT_TEXT.format(command=command or hepvol_command(), config=config_path,
-                             wanted_by=" ".join(WANTED_BY))  # fmt: skip
+def unit_text(driver: str, command: str | None = None) -> str:
+    """The unit of ``driver`` from its source, running this installation's hepvol."""
+    for directory in UNIT_SOURCES:
+        path = os.path.join(directory, unit_name(driver))
+        if os.path.exists(path):
+            break
+    else:
+        raise ConfigError(f"the unit source {unit_name(driver)} is missing from this "
+                          f"installation (looked in {', '.join(UNIT_SOURCES)})")  # fmt: skip
+    with open(path) as handle:
+        source = handle.read()
+    lines = source.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("ExecStart=")]
+    if len(starts) != 1:
+        raise ConfigError(f"{path} must have exactly one ExecStart= line")
+    argv = shlex.split(lines[starts[0]].removeprefix("ExecStart="))
+    lines[starts[0]] = "ExecStart=" + " ".join([command or hepvol_command(), *argv[1:]])
+    origin = f"# Installed by `hepvol install docker` from {unit_name(driver)}; reinstall rather than edit."
+    return "\n".join([origin, *lines]) + "\n"
 
 
 def config_text(config: Config) -> str:
@@ -154,21 +154,21 @@ def _systemctl(*args: str) -> None:
 
 
 def install(layout: Layout, drivers: list[str], config: Config) -> list[str]:
-    """Write the unit, enable one instance per driver, config and state dirs."""
+    """Write and enable one unit per driver, the config file and the state dirs."""
+    texts = {unit_name(d): unit_text(d) for d in drivers}  # all sources found before writing
     done = []
-    unit = os.path.join(layout.unit_dir, UNIT)
-    _write(unit, unit_text(), 0o644)
-    done.append(f"wrote {unit}")
-    instances = [UNIT.replace("@", f"@{d}") for d in drivers]
-    for target in WANTED_BY:
-        wants = os.path.join(layout.unit_dir, f"{target}.wants")
-        os.makedirs(wants, mode=0o755, exist_ok=True)
-        for instance in instances:
-            link = os.path.join(wants, instance)
+    for name, text in texts.items():
+        unit = os.path.join(layout.unit_dir, name)
+        _write(unit, text, 0o644)
+        done.append(f"wrote {unit}")
+        for target in WANTED_BY:
+            wants = os.path.join(layout.unit_dir, f"{target}.wants")
+            os.makedirs(wants, mode=0o755, exist_ok=True)
+            link = os.path.join(wants, name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
-            os.symlink(os.path.join("..", UNIT), link)
-            done.append(f"enabled {instance} for {target}")
+            os.symlink(os.path.join("..", name), link)
+            done.append(f"enabled {name} for {target}")
     config_file = layout.path(CONFIG_PATH)
     if os.path.exists(config_file):
         done.append(f"kept {config_file}")
@@ -180,29 +180,27 @@ def install(layout: Layout, drivers: list[str], config: Config) -> list[str]:
         done.append(f"created {layout.path(directory)}")
     if layout.live:
         _systemctl("daemon-reload")
-        _systemctl("restart", *instances)
-        done.append(f"started {', '.join(instances)}")
+        _systemctl("restart", *texts)
+        done.append(f"started {', '.join(texts)}")
     return done
 
 
 def uninstall(layout: Layout) -> list[str]:
-    """Stop and disable every instance, remove the unit; keep config and state."""
+    """Stop, disable and remove every driver's unit; keep config and state."""
     done = []
-    instances: set[str] = set()
+    units = [unit_name(d) for d in DRIVERS]
+    present = [u for u in units if os.path.exists(os.path.join(layout.unit_dir, u))]
+    if layout.live and present:
+        _systemctl("stop", *present)
     for target in WANTED_BY:
-        wants = os.path.join(layout.unit_dir, f"{target}.wants")
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(wants):
-                if name.startswith("hepvol-docker@") and name.endswith(".service"):
-                    instances.add(name)
-                    os.unlink(os.path.join(wants, name))
-                    done.append(f"disabled {name} for {target}")
-    if layout.live and instances:
-        _systemctl("stop", *sorted(instances))
-    unit = os.path.join(layout.unit_dir, UNIT)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(unit)
-        done.append(f"removed {unit}")
+        for name in units:
+            link = os.path.join(layout.unit_dir, f"{target}.wants", name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+                done.append(f"disabled {name} for {target}")
+    for name in present:
+        os.unlink(os.path.join(layout.unit_dir, name))
+        done.append(f"removed {os.path.join(layout.unit_dir, name)}")
     if layout.live:
         _systemctl("daemon-reload")
     done.append(f"kept {layout.path(CONFIG_PATH)} and the state directory (mounts may be in use)")

@@ -19,6 +19,7 @@ import pytest
 
 from mount_core import cli
 from mount_core import config as config_module
+from tests.conftest import REPO
 
 UNITS = Path("etc/systemd/system")
 
@@ -40,14 +41,19 @@ def root(tmp_path: Path) -> Path:
 def test_install_writes_enabled_units_config_and_state_dirs(root: Path) -> None:
     result = hepvol("install", "docker", "--drivers", "cvmfs,eos", "--root", str(root))
     assert result.returncode == 0, result.stderr
-    unit = root / UNITS / "hepvol-docker@.service"
-    text = unit.read_text()
-    assert "Before=docker.service" in text
-    assert "KillMode=process" in text  # FUSE servers outlive a plugin restart
-    for target in ("multi-user.target", "docker.service"):
-        for driver in ("cvmfs", "eos"):
-            link = root / UNITS / f"{target}.wants" / f"hepvol-docker@{driver}.service"
-            assert os.readlink(link) == "../hepvol-docker@.service"
+    for driver in ("cvmfs", "eos"):
+        unit = root / UNITS / f"hepvol-docker-{driver}.service"
+        text = unit.read_text()
+        # Rendered from the one source: everything but ExecStart's program is the same.
+        source = (REPO / "deploy/docker/systemd" / unit.name).read_text().splitlines()
+        rendered = text.splitlines()[1:]
+        assert [a for a, b in zip(source, rendered, strict=True) if a != b] == [
+            line for line in source if line.startswith("ExecStart=")
+        ]
+        assert "Before=docker.service" in text and "KillMode=process" in text
+        for target in ("multi-user.target", "docker.service"):
+            link = root / UNITS / f"{target}.wants" / unit.name
+            assert os.readlink(link) == f"../{unit.name}"
             assert link.resolve() == unit.resolve()
     loaded = config_module.load(str(root / "etc/hepvol/config.toml"), env={})
     assert (loaded.cvmfs.client, loaded.eos.client) == ("cvmfs2", "eosxd")
@@ -58,18 +64,14 @@ def test_install_writes_enabled_units_config_and_state_dirs(root: Path) -> None:
 
 def test_unit_command_is_a_valid_hepvol_command_line(root: Path) -> None:
     assert hepvol("install", "docker", "--drivers", "eos", "--root", str(root)).returncode == 0
-    text = (root / UNITS / "hepvol-docker@.service").read_text()
+    text = (root / UNITS / "hepvol-docker-eos.service").read_text()
     (line,) = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
-    argv = shlex.split(line.removeprefix("ExecStart=").replace("%i", "eos"))
+    argv = shlex.split(line.removeprefix("ExecStart="))
     assert os.access(argv[0], os.X_OK), argv[0]
     first = 3 if argv[1:3] == ["-m", "mount_core.cli"] else 1
     args = cli.build_parser().parse_args(argv[first:])
-    assert (args.command, args.driver, args.config) == (
-        "docker-plugin",
-        "eos",
-        "/etc/hepvol/config.toml",
-    )
-    assert not (root / UNITS / "multi-user.target.wants" / "hepvol-docker@cvmfs.service").exists()
+    assert (args.command, args.driver) == ("docker-plugin", "eos")
+    assert not (root / UNITS / "hepvol-docker-cvmfs.service").exists()
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
@@ -77,16 +79,14 @@ def test_systemd_accepts_the_unit(root: Path, tmp_path: Path) -> None:
     assert hepvol("install", "docker", "--root", str(root)).returncode == 0
     checked = tmp_path / "verify"
     checked.mkdir()
-    template = (root / UNITS / "hepvol-docker@.service").read_text()
     for driver in ("cvmfs", "eos"):
-        instance = checked / f"hepvol-docker@{driver}.service"
-        instance.write_text(template)
-        result = subprocess.run(["systemd-analyze", "verify", str(instance)],
+        unit = root / UNITS / f"hepvol-docker-{driver}.service"
+        result = subprocess.run(["systemd-analyze", "verify", str(unit)],
                                 capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
     # The same check notices a unit systemd would half-ignore.
-    broken = checked / "hepvol-docker@broken.service"
-    broken.write_text(template.replace("KillMode=process", "KillMode=processes"))
+    broken = checked / "hepvol-docker-broken.service"
+    broken.write_text(unit.read_text().replace("KillMode=process", "KillMode=processes"))
     result = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True,
                             text=True, timeout=60, check=False)  # fmt: skip
     assert "kill mode" in result.stderr
@@ -102,7 +102,7 @@ def test_reinstall_keeps_an_edited_config_and_uninstall_keeps_state(root: Path) 
 
     result = hepvol("uninstall", "docker", "--root", str(root))
     assert result.returncode == 0, result.stderr
-    assert not (root / UNITS / "hepvol-docker@.service").exists()
+    assert not list((root / UNITS).glob("*.service"))
     for target in ("multi-user.target", "docker.service"):
         assert list((root / UNITS / f"{target}.wants").iterdir()) == []
     assert config_file.exists() and (root / "var/lib/hepvol").is_dir()
