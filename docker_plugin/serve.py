@@ -90,12 +90,17 @@ def _drop_stale_in_child(config: Config, settings: Settings) -> bool:
     return result.returncode == 0
 
 
-def _start_background(manager: Any, monitor: Any, config: Config, settings: Settings) -> None:
-    """Reconcile, start the health loop, then drop stale Docker consumers once."""
+def _start_background(
+    manager: Any, monitor: Any, ready: threading.Event, config: Config, settings: Settings
+) -> None:
+    """Reconcile (then let mounts in), start the health loop, drop stale consumers once."""
 
     def work() -> None:
-        report = manager.reconcile()
-        event(log, "reconciled at start-up", driver=settings.driver, counts=report.counts())
+        try:
+            report = manager.reconcile()
+            event(log, "reconciled at start-up", driver=settings.driver, counts=report.counts())
+        finally:
+            ready.set()
         monitor.start()
         # dockerd usually starts after the plugin: keep asking for a while.
         deadline = time.monotonic() + settings.engine_wait_seconds
@@ -113,6 +118,7 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         self.settings = settings
         self.manager: Any = None
         self.monitor: Any = None
+        self.ready = threading.Event()
         super().__init__()
 
     def load_config(self) -> None:
@@ -144,7 +150,9 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         from mount_core.manager import MountManager
 
         self.manager = MountManager(self.hepvol_config)
-        volumes = DockerVolumes(self.manager, self.settings.driver, self.settings.backend)
+        volumes = DockerVolumes(
+            self.manager, self.settings.driver, self.settings.backend, ready=self.ready
+        )
         return create_app(volumes)
 
     def _post_worker_init(self, worker: Any) -> None:
@@ -153,7 +161,7 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         from mount_core.health import HealthMonitor
 
         self.monitor = HealthMonitor(self.manager)
-        _start_background(self.manager, self.monitor, self.hepvol_config, self.settings)
+        _start_background(self.manager, self.monitor, self.ready, self.hepvol_config, self.settings)
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
         if self.monitor is not None:

@@ -10,6 +10,7 @@ and volume name so that in-use checks and stale-consumer clean-up can find it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from mount_core.consumer import Consumer
 from mount_core.credentials import CredentialStore
-from mount_core.errors import Conflict, InUse, InvalidSpec, NotFound
+from mount_core.errors import Busy, Conflict, InUse, InvalidSpec, NotFound
 from mount_core.ledger import ConsumerRow, VolumeRow
 from mount_core.manager import MountManager
 from mount_core.spec import CVMFS_OPTIONS, EOS_OPTIONS, Credential, VolumeSpec, from_docker_name
@@ -66,13 +67,31 @@ class Mounted:
 class DockerVolumes:
     """The volumes of one Docker driver (``cvmfs``, ``eos``, or a test's own name)."""
 
-    def __init__(self, manager: MountManager, driver: str, backend: str) -> None:
+    def __init__(
+        self,
+        manager: MountManager,
+        driver: str,
+        backend: str,
+        ready: threading.Event | None = None,
+        ready_timeout: float = 90.0,
+    ) -> None:
         if backend not in VALID_OPTIONS:
             raise InvalidSpec("driver backend", backend, "use cvmfs or eos")
         self.manager = manager
         self.driver = driver
         self.backend = backend
         self.credentials = CredentialStore(manager.config.state_dir)
+        if ready is None:
+            ready = threading.Event()
+            ready.set()
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+
+    def _wait_ready(self) -> None:
+        # Mounts wait for the start-up reconcile, which may unmount what it does
+        # not know; Get, List and Path answer from the ledger at once.
+        if not self.ready.wait(self.ready_timeout):
+            raise Busy("the plugin is still reconciling its mounts after start-up; try again")
 
     # Translation -------------------------------------------------------------
 
@@ -173,12 +192,14 @@ class DockerVolumes:
         """Hold the volume for Docker mount ``ident``; returns the path to bind."""
         check_name(name)
         spec = self.spec(name)
+        self._wait_ready()
         consumer = Consumer("docker", ident, {"driver": self.driver, "volume": name})
         return self.manager.acquire(spec, consumer)
 
     def unmount(self, name: str, ident: str) -> None:
         """Drop one hold of mount ``ident`` (an unknown one is not an error)."""
         check_name(name)
+        self._wait_ready()
         self.manager.release(Consumer("docker", ident))
 
     def describe(self, name: str) -> Mounted:

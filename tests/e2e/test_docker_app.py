@@ -6,6 +6,7 @@ import json
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,17 @@ def test_eos_bad_options_are_refused_without_echoing_secrets(
     err = post(eos_client, "VolumeDriver.Create", {"Name": name, "Opts": opts})["Err"]
     assert message in err and SECRET not in err
     assert post(eos_client, "VolumeDriver.List")["Volumes"] == []
+
+
+def test_mounts_wait_for_the_start_up_reconcile_but_get_answers(hepvol_env: HepvolEnv) -> None:
+    ready = threading.Event()
+    volumes = DockerVolumes(hepvol_env.manager(), "cvmfs", "cvmfs", ready=ready, ready_timeout=0.2)
+    client = create_app(volumes).test_client()
+    post(client, "VolumeDriver.Create", {"Name": SAMPLE})
+    assert post(client, "VolumeDriver.Get", {"Name": SAMPLE})["Err"] == ""
+    err = post(client, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": "x"})["Err"]
+    assert "still reconciling" in err
+    assert hepvol_env.manager().status() == []
+    ready.set()
+    assert post(client, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": "x"})["Err"] == ""
+    post(client, "VolumeDriver.Unmount", {"Name": SAMPLE, "ID": "x"})
