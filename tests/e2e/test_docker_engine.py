@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -237,3 +238,25 @@ def test_make_run_demo_reads_the_sample_through_docker(
         dockerd.docker("volume", "rm", "-f", SAMPLE, check=False)
         demo.stop(process)
     assert process.returncode is not None
+
+
+def test_socket_is_root_only_and_a_live_one_is_never_taken_over(plugin: Plugin) -> None:
+    info = plugin.socket.stat()
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660
+    assert info.st_uid == 0
+    assert stat.S_IMODE(plugin.socket.parent.stat().st_mode) == 0o755
+    second = subprocess.run(
+        [sys.executable, "-m", "mount_core.cli", "docker-plugin", "--driver", "cvmfs",
+         "--name", plugin.driver],
+        env=plugin.env.environ(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert f"another plugin is serving {plugin.socket}" in second.stderr
+    assert plugin.answers(), "the first plugin still serves"
+
+
+def test_a_stale_socket_is_replaced(plugin: Plugin) -> None:
+    plugin.kill9()
+    assert plugin.socket.exists(), "kill -9 leaves the socket behind"
+    plugin.start()
+    assert plugin.call("VolumeDriver.List") == {"Volumes": [], "Err": ""}
