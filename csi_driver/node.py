@@ -24,13 +24,16 @@ _RPC = csi_pb2.NodeServiceCapability.RPC
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
-    def __init__(self, manager: MountManager, backend: str, node_id: str) -> None:
+    def __init__(
+        self, manager: MountManager, backend: str, node_id: str, prober: Prober | None = None
+    ) -> None:
         self.manager = manager
         self.backend = backend
         self.node_id = node_id
-        # Bounded statvfs of a target: a hung FUSE server costs one parked thread
+        # Bounded statvfs of the backing mount, shared with the health loop: a hung
+        # FUSE server costs one parked thread per backing mount (not per target)
         # and at most probe_timeout_seconds of one NodeGetVolumeStats call.
-        self.prober = Prober(manager.config.probe_timeout_seconds)
+        self.prober = prober or Prober(manager.config.probe_timeout_seconds)
 
     def _published(self, volume_id: str, path: str) -> ConsumerRow | None:
         """The consumer of ``volume_id`` at ``path``, or None when it is not there."""
@@ -91,9 +94,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         if row is None or row.target is None:
             raise NotFound(f"volume {volume_id!r} is not published at {path}")
         condition, message = self.manager.condition(row.key)
+        backing = self.manager.ledger.backing(row.key)
         usage = []
-        if condition == HEALTHY:
-            probe = self.prober.probe(row.target)
+        if condition == HEALTHY and backing is not None:
+            probe = self.prober.probe(backing.path)
             condition, message = probe.condition, probe.message
             if probe.usage is not None:
                 usage = _usage(probe.usage)

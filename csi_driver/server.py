@@ -108,7 +108,8 @@ class CsiServer:
         csi_pb2_grpc.add_IdentityServicer_to_server(self.identity, self.server)
         services = ["csi.v1.Identity"]
         if mode != "controller":
-            node = NodeService(self.manager, driver, node_id)
+            prober = self.monitor.prober if self.monitor is not None else None
+            node = NodeService(self.manager, driver, node_id, prober)
             csi_pb2_grpc.add_NodeServicer_to_server(node, self.server)
             services.append("csi.v1.Node")
         if mode != "node":
