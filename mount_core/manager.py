@@ -356,8 +356,14 @@ class MountManager:
         return done
 
     def reconcile(self) -> Report:
-        """Make the ledger and mountinfo agree (see :mod:`mount_core.reconcile`)."""
+        """Make the ledger and mountinfo agree (see :mod:`mount_core.reconcile`).
+
+        Every daemon runs this at start-up, so a configured client that is not
+        installed stops it here with :class:`Unavailable` saying what to install.
+        """
         from mount_core.reconcile import reconcile
+
+        self.backends.check_available()
 
         return reconcile(self)
 
