@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,12 +242,11 @@ def test_controller_and_flexvolume_commands_are_hepvols_own() -> None:
         d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"] == "hepvol-flexvolume"
     ]
     parts = containers(flex)
-    install = cli.build_parser().parse_args(parts["install"]["args"])
-    assert (install.command, install.action, install.plugin_dir) == (
-        "flexvolume",
-        "install",
-        "/flexvolume",
-    )
+    script = parts["install"]["command"][-1]
+    (line,) = [ln for ln in script.splitlines() if ln.startswith("exec hepvol ")]
+    install = cli.build_parser().parse_args(shlex.split(line)[2:])
+    assert (install.command, install.action) == ("flexvolume", "install")
+    assert (install.plugin_dir, install.config) == ("/flexvolume", "/opt/hepvol/etc/config.toml")
     plugin = {v["name"]: v for v in flex["spec"]["template"]["spec"]["volumes"]}["plugin-dir"]
     assert plugin["hostPath"]["path"] == values_of(None)["flexVolume"]["pluginDir"]
     assert cli.build_parser().parse_args(parts["hepvol"]["args"]).command == "watch"

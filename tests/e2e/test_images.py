@@ -17,12 +17,14 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from mount_core.mountinfo import MountTable
 from tests.conftest import REPO, SAMPLE, HepvolEnv, wait_for
 from tests.e2e.dockerd import IMAGE, PLUGIN_DIR, Dockerd, dockerd
+from tests.e2e.test_helm import by_kind, containers, objects, render
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 __all__ = ["dockerd"]
@@ -188,3 +190,67 @@ def test_managed_plugin_serves_volumes_and_cleans_up_on_disable(
     again = dockerd.docker("run", "--rm", "--network", "none", "-v", f"{SAMPLE}@v1:/data:ro",
                            IMAGE, "cat", "/data/README").stdout  # fmt: skip
     assert again == "sample v1\n"
+
+
+@pytest.fixture
+def host_opt(tmp_path: Path) -> Iterator[Path]:
+    """/opt as an overlay for this test: the chart's installer may write to it."""
+    upper, work = tmp_path / "opt-upper", tmp_path / "opt-work"
+    upper.mkdir()
+    work.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir=/opt,upperdir={upper},workdir={work}", "/opt"], check=True)  # fmt: skip
+    try:
+        yield upper
+    finally:
+        subprocess.run(["umount", "-l", "/opt"], check=False)
+
+
+def test_flexvolume_installer_gives_kubelet_working_drivers(
+    dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv, host_opt: Path, tmp_path: Path
+) -> None:
+    """The chart's init container, run from the image, installs drivers that work on the host."""
+    kubelet = hepvol_env.workdir / "kubelet"
+    config = hepvol_env.config
+    text = render(None, "--set", ",".join([
+        "flexVolume.enabled=true", f"kubeletDir={kubelet}", f"hepvol.stateDir={config.state_dir}",
+        f"hepvol.mountRoot={config.mount_root}", f"local.root={hepvol_env.repos}",
+        "cvmfs.client=local",
+    ]))  # fmt: skip
+    docs = objects(text)
+    (flex,) = [
+        d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"] == "hepvol-flexvolume"
+    ]
+    (config_map,) = [
+        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "hepvol-config"
+    ]
+    install = containers(flex)["install"]
+    mounts = {m["name"]: m["mountPath"] for m in install["volumeMounts"]}
+    config_dir, plugin_dir = tmp_path / "configmap", tmp_path / "plugins"
+    config_dir.mkdir()
+    plugin_dir.mkdir()
+    (config_dir / "config.toml").write_text(config_map["data"]["config.toml"])
+    volumes = {"config": config_dir, "host-opt": Path("/opt"), "plugin-dir": plugin_dir}
+    argv = ["run", "--rm", "--network", "none", "--entrypoint", install["command"][0]]
+    for name, source in volumes.items():
+        argv += ["-v", f"{source}:{mounts[name]}"]
+    dockerd.docker(*argv, node_image, *install["command"][1:])
+    assert (host_opt / "hepvol" / "etc" / "config.toml").exists()
+
+    # kubelet's calls, on the host, through the copied runtime.
+    driver = plugin_dir / "cern~cvmfs" / "cvmfs"
+    init = json.loads(subprocess.run([driver, "init"], capture_output=True, text=True,
+                                     env={}, timeout=60, check=False).stdout)  # fmt: skip
+    assert init["status"] == "Success" and init["capabilities"]["attach"] is False
+    pod_dir = kubelet / "pods" / "0a1b" / "volumes" / "cern~cvmfs" / "sample"
+    pod_dir.mkdir(parents=True, mode=0o750)
+    options = {"repository": SAMPLE, "kubernetes.io/readwrite": "ro",
+               "kubernetes.io/pod.uid": "0a1b", "kubernetes.io/fsType": ""}  # fmt: skip
+    mounted = subprocess.run([driver, "mount", str(pod_dir), json.dumps(options)],
+                             capture_output=True, text=True, env={}, timeout=60, check=False)  # fmt: skip
+    assert json.loads(mounted.stdout)["status"] == "Success", mounted.stdout
+    assert (pod_dir / "README").read_text() == "sample trunk\n"
+    unmounted = subprocess.run([driver, "unmount", str(pod_dir)], capture_output=True, text=True,
+                               env={}, timeout=60, check=False)  # fmt: skip
+    assert json.loads(unmounted.stdout)["status"] == "Success", unmounted.stdout
+    assert not [e for e in MountTable().under(str(kubelet))]
