@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import socket
 import stat
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import grpc
 
 MODES = ("node", "controller", "all")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,61}[A-Za-z0-9]$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +96,11 @@ class CsiServer:
         from mount_core.health import HealthMonitor
         from mount_core.manager import MountManager
 
+        if not _NAME.match(name):
+            raise ConfigError(
+                f"--name {name!r}: a CSI driver name is a domain-like name of at most 63 "
+                "characters (letters, digits, '-', '.', '_'), e.g. cvmfs.csi.cern.ch"
+            )
         if mode in ("node", "all") and not node_id:
             raise ConfigError("--node-id (or $NODE_ID) is required to serve the Node service")
         self.path = socket_path(endpoint)
@@ -128,10 +135,13 @@ class CsiServer:
         if self.monitor is not None:
             self.manager.reconcile()
             self.monitor.start()
-        if self.server.add_insecure_port(f"unix://{self.path}") == 0:
-            raise ConfigError(f"cannot listen on unix://{self.path}")
+        umask = os.umask(0o077)  # the socket is root's only from its first moment
+        try:
+            if self.server.add_insecure_port(f"unix://{self.path}") == 0:
+                raise ConfigError(f"cannot listen on unix://{self.path}")
+        finally:
+            os.umask(umask)
         self.server.start()
-        os.chmod(self.path, 0o600)
         self.identity.ready.set()
 
     def stop(self, grace: float = 5.0) -> None:

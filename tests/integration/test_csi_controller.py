@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -176,3 +177,17 @@ def test_a_second_server_does_not_steal_a_live_socket(controller: CsiProcess) ->
     assert result.returncode == 2
     assert "another process is serving" in result.stderr
     assert controller.client.identity.Probe(csi_pb2.ProbeRequest()).ready.value
+
+
+def test_socket_is_private_and_bad_flags_are_refused(controller: CsiProcess) -> None:
+    from tests.conftest import hepvol_cli
+
+    socket_file = controller.endpoint.removeprefix("unix://")
+    assert os.stat(socket_file).st_mode & 0o077 == 0, "only root may talk to the driver"
+    for args, message in (
+        (["--name", "not a name"], "a CSI driver name is"),
+        (["--mode", "node", "--endpoint", "unix:///tmp/x.sock"], "--node-id"),
+        (["--mode", "controller", "--endpoint", "tcp://0.0.0.0:10000"], "only unix:///path"),
+    ):
+        result = hepvol_cli(controller.env, "csi", *args)
+        assert result.returncode == 2 and message in result.stderr
