@@ -25,7 +25,7 @@ FRONTS: list[tuple[str, str, str]] = [
     ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
     ("docker-plugin", "docker_plugin.command", "Docker volume plugin daemon (cvmfs or eos)"),
     ("install", "mount_core.install", "set up a Docker host: systemd units, config, state dirs"),
-    ("uninstall", "mount_core.install", "remove what `hepvol install` set up (keeps config, state)"),
+    ("uninstall", "mount_core.install", "undo `hepvol install` (keeps config and state)"),
 ]
 
 
