@@ -106,7 +106,12 @@ def _restore(
             report.unmounted.append(row.key)
         manager.unmount_backing(row)
         return
-    alive = mounted and prober is not None and not prober.probe(row.path).dead
+    if mounted and prober is not None:
+        # A backend may probe what lies behind the mount instead (autofs roots).
+        own = backend.check_health(row.path, prober)
+        alive = not (prober.probe(row.path) if own is None else own).dead
+    else:
+        alive = False
     if not alive:
         _remount(manager, row)
         report.remounted.append(row.key)

@@ -61,7 +61,7 @@ def run_client(
 def require_executable(path: str, package: str) -> None:
     """Raise :class:`Unavailable` naming ``package`` when ``path`` cannot be run."""
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise Unavailable(f"{path} is missing: install {package} on this node")
+        raise Unavailable(f"{path} is missing on this node: install {package}")
 
 
 def fusermount_program() -> str | None:

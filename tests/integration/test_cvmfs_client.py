@@ -179,7 +179,9 @@ def test_missing_client_fails_at_start_up_saying_what_to_install(
 ) -> None:
     Backends(hepvol_env.config).check_available()
     (clients.bin / "mount.cvmfs").unlink()
-    with pytest.raises(Unavailable, match=r"mount\.cvmfs is missing: install the CVMFS client"):
+    with pytest.raises(
+        Unavailable, match=r"mount\.cvmfs is missing on this node: install the CVMFS client"
+    ):
         Backends(hepvol_env.config).check_available()
     with pytest.raises(Unavailable, match=r"mount\.cvmfs is missing"):
         hepvol_env.manager().reconcile()  # what every daemon runs at start-up
