@@ -339,3 +339,20 @@ def test_volume_stats_never_block_on_a_hung_fuse_server(
             os.kill(pid, signal.SIGCONT)
     assert wait_for(lambda: not csi.client.stats("vol", str(target)).volume_condition.abnormal,
                     timeout=20)  # fmt: skip
+
+
+def test_make_run_demo_publishes_through_a_node_server(
+    hepvol_env: HepvolEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from csi_driver import demo
+
+    running = demo.start(hepvol_env.config, str(hepvol_env.workdir), SAMPLE)
+    try:
+        assert (Path(running.target) / "README").read_text() == "sample trunk\n"
+        shown = capsys.readouterr().out
+        assert "NodePublishVolume volume_id=demo-volume" in shown and "README" in shown
+    finally:
+        running.stop()
+    assert running.process.returncode == 0
+    assert not Path(running.target).exists()
+    assert mounts_under(hepvol_env) == []
