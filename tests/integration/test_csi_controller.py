@@ -52,6 +52,9 @@ def test_identity_reports_name_version_and_only_served_services(hepvol_env: Hepv
             health = health_pb2_grpc.HealthStub(csi.client.channel)
             answer = health.Check(health_pb2.HealthCheckRequest())
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="csi.v1.Identity"))
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
             missing = "csi.v1.Node" if mode == "controller" else "csi.v1.Controller"
             with pytest.raises(grpc.RpcError) as info_:
                 health.Check(health_pb2.HealthCheckRequest(service=missing))
