@@ -87,14 +87,21 @@ class Automounter:
             result = run_client(
                 [self.program, "-p", self.pidfile, self.master], timeout=self.wait, what=self.root
             )
+            said = (result.stderr.strip().splitlines() or [""])[-1]
+            if "already running" in said:
+                # automount allows one daemon per node (its /run/autofs-running flag).
+                raise MountFailed(
+                    f"cannot start automount for {self.root}: {said!r}; cvmfs.automount needs "
+                    "the node's own autofs service stopped (systemctl disable --now autofs)"
+                )
             if result.returncode != 0:
-                reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
-                raise MountFailed(f"cannot start automount for {self.root}: {reason}")
+                raise MountFailed(f"cannot start automount for {self.root}: {said or 'no message'}")
             deadline = time.monotonic() + self.wait
             while not (self.root_mounted() and self.pid() is not None):
                 if time.monotonic() > deadline:
                     raise MountTimeout(
                         f"automount did not mount {self.root} within {self.wait:g} s"
+                        + (f": {said!r}" if said else "")
                     )
                 time.sleep(0.05)
             # Binds of the root become its slaves, so repositories mounted later

@@ -21,6 +21,7 @@ import pytest
 
 from mount_core import bind
 from mount_core.consumer import Consumer
+from mount_core.errors import MountFailed
 from mount_core.health import HEALTHY, HealthMonitor
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
@@ -41,11 +42,26 @@ def _automount_pid(env: HepvolEnv) -> int | None:
     return pid
 
 
+def _other_automount_running() -> bool:
+    try:
+        pid = int(Path("/run/autofs-running").read_text())
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"automount")
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture
 def autofs(hepvol_env: HepvolEnv, tmp_path: Path) -> Iterator[Standins]:
     if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
         pytest.fail("the autofs tests overlay /usr/sbin: run them in a private mount namespace")
     clients = install(hepvol_env, automount=True)
+    if _other_automount_running():
+        # automount allows one daemon per machine (flag file in /run): give this
+        # namespace its own /run so a machine's autofs service does not stop the test.
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+        private_run = True
+    else:
+        private_run = False
     upper, work = tmp_path / "sbin-upper", tmp_path / "sbin-work"
     upper.mkdir()
     work.mkdir()
@@ -63,6 +79,8 @@ def autofs(hepvol_env: HepvolEnv, tmp_path: Path) -> Iterator[Standins]:
             with contextlib.suppress(OSError):
                 bind.unmount(entry.mount_point, lazy=True)
         bind.unmount("/usr/sbin", lazy=True)
+        if private_run:
+            bind.unmount("/run", lazy=True)
         with contextlib.suppress(OSError):
             os.unlink("/run/autofs.fifo" + root.replace("/", "-"))
 
@@ -135,6 +153,7 @@ _DAEMON = """
 import sys, time
 from mount_core import config
 from mount_core.consumer import Consumer
+from mount_core.errors import MountFailed
 from mount_core.manager import MountManager
 from mount_core.spec import VolumeSpec
 manager = MountManager(config.load(sys.argv[1]))
@@ -189,3 +208,23 @@ def test_automount_killed_with_sigkill_is_replaced_and_the_root_kept(
     hepvol_env.make_repo(OTHER, {"README": "served by the new automount\n"})
     assert _read(tree / OTHER) == "served by the new automount\n"
     assert _read(tree / SAMPLE) == "sample trunk\n"
+
+
+def test_another_automount_on_the_node_is_reported_with_the_fix(
+    hepvol_env: HepvolEnv, autofs: Standins
+) -> None:
+    other_root, master = hepvol_env.workdir / "misc", hepvol_env.workdir / "auto.master.other"
+    other_root.mkdir()
+    master.write_text(f"{other_root} program:/bin/false\n")
+    pidfile = hepvol_env.workdir / "other-automount.pid"
+    subprocess.run(["/usr/sbin/automount", "-p", str(pidfile), str(master)], check=True)
+    try:
+        assert wait_for(pidfile.exists, timeout=5)
+        target = hepvol_env.targets / "tree"
+        with pytest.raises(MountFailed, match=r"already running.*systemctl disable --now autofs"):
+            hepvol_env.manager().publish(TREE, csi(target), str(target))
+        assert hepvol_env.manager().status() == [] and not target.exists()
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        bind.unmount(str(other_root), lazy=True)
