@@ -192,7 +192,7 @@ def docker_run_rows(driver: str, runs: int) -> list[tuple[object, ...]]:
         ]
     finally:
         engine.remove_containers()
-        engine.stop()
+        engine.stop_all()
         for entry in sorted(
             MountTable().under(str(engine.root)), key=lambda e: -len(e.mount_point)
         ):

@@ -67,6 +67,8 @@ class Dockerd:
 
     root: Path
     process: subprocess.Popen[bytes] | None = None
+    containerd: subprocess.Popen[bytes] | None = None
+    containerd_address: str = ""
 
     @property
     def host(self) -> str:
@@ -87,11 +89,38 @@ class Dockerd:
             raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def _start_containerd(self) -> str:
+        """A containerd of our own: dockerd would otherwise use a system one, whose
+        shims run outside this test's mount namespace and cannot see its mounts."""
+        base = self.root / "containerd"
+        base.mkdir(exist_ok=True)
+        address = base / "containerd.sock"
+        (base / "config.toml").write_text(
+            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\naddress = "{address}"\n[ttrpc]\naddress = "{address}.ttrpc"\n'
+            f'[debug]\naddress = "{base}/debug.sock"\n[metrics]\naddress = ""\n'
+        )
+        with open(self.root / "containerd.log", "ab") as log:
+            self.containerd = subprocess.Popen(
+                ["containerd", "--config", str(base / "config.toml")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        if not wait_for(address.exists, 30):
+            raise RuntimeError(
+                "containerd did not start: " + (self.root / "containerd.log").read_text()[-2000:]
+            )
+        return str(address)
+
     def start(self) -> None:
+        if self.containerd is None:
+            self.containerd_address = self._start_containerd()
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - dockerd keeps it
         self.process = subprocess.Popen(
             [
-                "dockerd", "--data-root", str(self.root / "data"),
+                "dockerd", "--containerd", self.containerd_address,
+                "--data-root", str(self.root / "data"),
                 "--exec-root", str(self.root / "exec"), "-H", self.host,
                 "--pidfile", str(self.root / "docker.pid"),
                 "--iptables=false", "--ip6tables=false", "--bridge=none",
@@ -117,6 +146,18 @@ class Dockerd:
             self.process.kill()
             self.process.wait(10)
         self.process = None
+
+    def stop_all(self) -> None:
+        """Stop dockerd, then its containerd."""
+        self.stop()
+        if self.containerd is not None:
+            self.containerd.terminate()
+            try:
+                self.containerd.wait(30)
+            except subprocess.TimeoutExpired:
+                self.containerd.kill()
+                self.containerd.wait(10)
+            self.containerd = None
 
     def restart(self) -> None:
         self.stop()
@@ -153,7 +194,7 @@ def dockerd() -> Iterator[Dockerd]:
     finally:
         with contextlib.suppress(Exception):
             engine.remove_containers()
-        engine.stop()
+        engine.stop_all()
         for entry in sorted(
             MountTable().under(str(engine.root)), key=lambda e: -len(e.mount_point)
         ):
