@@ -236,3 +236,14 @@ def test_mounts_wait_for_the_start_up_reconcile_but_get_answers(hepvol_env: Hepv
     ready.set()
     assert post(client, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": "x"})["Err"] == ""
     post(client, "VolumeDriver.Unmount", {"Name": SAMPLE, "ID": "x"})
+
+
+def test_an_unexpected_failure_is_an_err_without_internals(hepvol_env: HepvolEnv) -> None:
+    class Broken(DockerVolumes):
+        def list(self) -> Any:
+            raise RuntimeError("/secret/internal/path exploded")
+
+    client = create_app(Broken(hepvol_env.manager(), "cvmfs", "cvmfs")).test_client()
+    err = post(client, "VolumeDriver.List")["Err"]
+    assert "internal error in the hepvol Docker plugin (RuntimeError)" in err
+    assert "/secret/internal/path" not in err
