@@ -40,11 +40,21 @@ _QUIET = frozenset({
 
 
 def without_secrets(message: Message) -> dict[str, Any]:
-    """The message as a dict, minus every field carrying the ``csi_secret`` option."""
+    """The message as a dict, minus every field carrying the ``csi_secret`` option.
+
+    Volume context entries named like tokens (kubelet's
+    ``csi.storage.k8s.io/serviceAccount.tokens``) are redacted too.
+    """
     clean = type(message)()
     clean.CopyFrom(message)
     _strip(clean)
-    return MessageToDict(clean, preserving_proto_field_name=True)
+    shown = MessageToDict(clean, preserving_proto_field_name=True)
+    context = shown.get("volume_context")
+    if isinstance(context, dict):
+        shown["volume_context"] = {
+            k: "<redacted>" if "token" in k.lower() else v for k, v in context.items()
+        }
+    return shown
 
 
 def _strip(message: Message) -> None:

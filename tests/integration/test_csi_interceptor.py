@@ -99,5 +99,8 @@ def test_secret_fields_are_stripped_from_logged_requests() -> None:
     assert "secrets" not in shown and "S3CRET" not in str(shown)
     assert shown["volume_context"] == {"instance": "eospublic"}
     assert request.secrets["eostoken"] == "S3CRET", "the request itself is untouched"
+    tokens = {"csi.storage.k8s.io/serviceAccount.tokens": '{"aud": {"token": "S3CRET"}}'}
+    with_tokens = csi_pb2.NodePublishVolumeRequest(volume_id="v", volume_context=tokens)
+    assert "S3CRET" not in str(without_secrets(with_tokens))
     create = csi_pb2.CreateVolumeRequest(name="n", secrets={"k": "S3CRET"})
     assert "S3CRET" not in str(without_secrets(create))
