@@ -102,3 +102,13 @@ def show_docker_run(driver: str, repository: str, path: str = "README") -> tuple
                IMAGE, "cat", f"/cvmfs/{repository}/{path}"]  # fmt: skip
     result = _docker(*command[1:])
     return command, result.stdout if result.returncode == 0 else result.stderr
+
+
+def remove_volume(name: str) -> None:
+    """Forget the demo's volume in dockerd before the plugin stops.
+
+    A volume whose driver has gone makes every later ``docker volume ls`` wait for
+    the vanished socket.
+    """
+    if shutil.which("docker") is not None:
+        _docker("volume", "rm", "-f", name, timeout=30)

@@ -235,8 +235,9 @@ def test_make_run_demo_reads_the_sample_through_docker(
         assert f"{SAMPLE}:/cvmfs/{SAMPLE}" in command
     finally:
         dockerd.remove_containers()
-        dockerd.docker("volume", "rm", "-f", SAMPLE, check=False)
+        demo.remove_volume(SAMPLE)
         demo.stop(process)
+    assert SAMPLE not in dockerd.docker("volume", "ls", "-q").stdout.split()
     assert process.returncode is not None
 
 
