@@ -195,25 +195,49 @@ class Cvmfs2Backend(Backend):
         return inside and entry.fstype == FSTYPE and entry.source == SOURCE
 
     def check_health(self, path: str, prober: Prober) -> ProbeResult | None:
-        """For the autofs root: probe the repositories mounted under it, never the root.
+        """For the autofs root: find repositories whose client died, without touching them.
 
-        A dead one is detached, so that autofs mounts it afresh on the next access
-        (and the detach propagates into every whole-tree target).
+        Any path lookup below the root (even ``statvfs`` of a mounted repository)
+        resets autofs' idle timer, so repositories are not probed: a repository
+        mounted under the root with no live ``cvmfs2`` process serving it is dead,
+        and is detached so that autofs mounts it afresh on the next access (the
+        detach propagates into every whole-tree target).
         """
         if self.automounter is None or path != self.automounter.root:
             return None
         if self.automounter.pid() is None:
             self.automounter.ensure()
+        served = _served_mount_points()
         detached = []
         for entry in list(MountTable().under(path)):
-            if entry.mount_point == path or entry.fstype != FSTYPE:
+            if entry.mount_point == path or (entry.fstype, entry.source) != (FSTYPE, SOURCE):
                 continue
-            if prober.probe(entry.mount_point).dead:
+            if entry.mount_point not in served:
                 with contextlib.suppress(OSError):
                     bind.unmount(entry.mount_point, lazy=True)
                 detached.append(os.path.basename(entry.mount_point))
         if detached:
-            event(log, "detached dead repositories under the autofs root; autofs remounts "
-                  "them on the next access", volume=None, repositories=detached,
+            event(log, "detached repositories whose cvmfs2 died; autofs mounts them again on "
+                  "the next access", volume=None, repositories=detached,
                   level=logging.WARNING)  # fmt: skip
         return ProbeResult(HEALTHY, "")
+
+
+def _served_mount_points() -> set[str]:
+    """Mount points named last on the command line of a running cvmfs2 process.
+
+    cvmfs2 keeps ``... <repo> <mount point>`` as its command line after it
+    daemonises (and so does its watchdog).
+    """
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                argv = handle.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and any(SOURCE.encode() in arg for arg in argv[:-2]):
+            found.add(os.fsdecode(argv[-1]))
+    return found

@@ -51,38 +51,42 @@ def _other_automount_running() -> bool:
 
 
 @pytest.fixture
-def autofs(hepvol_env: HepvolEnv, tmp_path: Path) -> Iterator[Standins]:
+def autofs(
+    hepvol_env: HepvolEnv, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Standins]:
+    """Stand-ins in autofs mode; ``request.param`` (indirect) is autofs' idle timeout."""
     if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
         pytest.fail("the autofs tests overlay /usr/sbin: run them in a private mount namespace")
-    clients = install(hepvol_env, automount=True)
-    if _other_automount_running():
-        # automount allows one daemon per machine (flag file in /run): give this
-        # namespace its own /run so a machine's autofs service does not stop the test.
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
-        private_run = True
-    else:
-        private_run = False
-    upper, work = tmp_path / "sbin-upper", tmp_path / "sbin-work"
-    upper.mkdir()
-    work.mkdir()
-    shutil.copy2(clients.bin / "mount.cvmfs", upper / "mount.cvmfs")
-    options = f"lowerdir=/usr/sbin,upperdir={upper},workdir={work}"
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, "/usr/sbin"], check=True)
+    clients = install(hepvol_env, automount=True, idle_timeout=getattr(request, "param", 300))
+    root = hepvol_env.config.cvmfs.root
+    overlaid: list[str] = []
     try:
+        if _other_automount_running():
+            # automount allows one daemon per machine (flag file in /run): give this
+            # namespace its own /run so a machine's autofs service does not stop the test.
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+            overlaid.append("/run")
+        upper, work = tmp_path / "sbin-upper", tmp_path / "sbin-work"
+        upper.mkdir()
+        work.mkdir()
+        shutil.copy2(clients.bin / "mount.cvmfs", upper / "mount.cvmfs")
+        options = f"lowerdir=/usr/sbin,upperdir={upper},workdir={work}"
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", options, "/usr/sbin"], check=True
+        )
+        overlaid.append("/usr/sbin")
         yield clients
     finally:
         pid = _automount_pid(hepvol_env)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)  # never SIGTERM: the root is removed below
-        root = hepvol_env.config.cvmfs.root
         for entry in sorted(MountTable().under(root), key=lambda e: -len(e.mount_point)):
             with contextlib.suppress(OSError):
                 bind.unmount(entry.mount_point, lazy=True)
-        bind.unmount("/usr/sbin", lazy=True)
-        if private_run:
-            bind.unmount("/run", lazy=True)
         with contextlib.suppress(OSError):
             os.unlink("/run/autofs.fifo" + root.replace("/", "-"))
+        for path in reversed(overlaid):
+            bind.unmount(path, lazy=True)
 
 
 def csi(target: Path) -> Consumer:
@@ -228,3 +232,48 @@ def test_another_automount_on_the_node_is_reported_with_the_fix(
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
         bind.unmount(str(other_root), lazy=True)
+
+
+@pytest.mark.parametrize("autofs", [2], indirect=True)
+def test_idle_repositories_are_left_to_autofs_and_health_does_not_keep_them(
+    hepvol_env: HepvolEnv, autofs: Standins
+) -> None:
+    manager = hepvol_env.manager()
+    one, tree = hepvol_env.targets / "one", hepvol_env.targets / "tree"
+    manager.publish(TRUNK, csi(one), str(one))
+    manager.publish(TREE, csi(tree), str(tree))
+    repo = f"{hepvol_env.config.cvmfs.root}/{SAMPLE}"
+    assert MountTable().at(repo) is not None
+    manager.unpublish(str(one))
+    assert MountTable().at(repo) is not None, "hepvol leaves the repository to autofs"
+    monitor = HealthMonitor(manager)
+
+    def expired() -> bool:
+        monitor.run_once()  # probes while the whole tree is published
+        return MountTable().at(repo) is None
+
+    assert wait_for(expired, timeout=20, interval=0.5), "autofs expired the idle repository"
+    assert _read(tree / SAMPLE) == "sample trunk\n", "and mounts it again on the next access"
+
+
+def test_dead_repository_in_a_whole_tree_volume_comes_back(
+    hepvol_env: HepvolEnv, autofs: Standins
+) -> None:
+    manager = hepvol_env.manager()
+    tree = hepvol_env.targets / "tree"
+    manager.publish(TREE, csi(tree), str(tree))
+    assert _read(tree / SAMPLE) == "sample trunk\n"
+    [server] = autofs.server_pids()
+    os.kill(server, signal.SIGKILL)
+
+    def broken() -> bool:
+        try:
+            _read(tree / SAMPLE)
+        except OSError as exc:
+            return exc.errno == errno.ENOTCONN
+        return False
+
+    assert wait_for(broken, timeout=5)
+    assert HealthMonitor(manager).run_once()[TREE.key].condition == HEALTHY
+    assert _read(tree / SAMPLE) == "sample trunk\n", "autofs mounted it afresh"
+    assert len(autofs.calls("mount.cvmfs")) == 2
