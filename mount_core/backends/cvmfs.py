@@ -171,7 +171,10 @@ class Cvmfs2Backend(Backend):
             targets.open_inside(source, "") as opened_source,
             targets.open_inside(path, "") as opened_path,
         ):
-            bind.bind_fd(opened_source.fd, opened_path.fd, readonly=True)
+            # Private: our bind must not join the autofs tree's peer group.
+            bind.bind_fd(
+                opened_source.fd, opened_path.fd, readonly=True, propagation=bind.MS_PRIVATE
+            )
 
     # Unmounting -----------------------------------------------------------------
 
