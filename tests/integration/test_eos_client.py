@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import stat
@@ -73,8 +74,9 @@ def test_one_shared_mount_per_instance_from_a_generated_config(
 
 
 def test_each_credential_gets_a_private_mount_and_a_0600_file_removed_after_release(
-    hepvol_env: HepvolEnv, clients: Standins
+    hepvol_env: HepvolEnv, clients: Standins, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     manager = hepvol_env.manager()
     alice = eos("/experiment/cms", Credential("krb5", SECRET_A))
     bob = eos("/experiment/cms", Credential("krb5", SECRET_B))
@@ -105,6 +107,8 @@ def test_each_credential_gets_a_private_mount_and_a_0600_file_removed_after_rele
     assert files[bob.key].exists()
     manager.unpublish(str(b))
     assert not files[bob.key].parent.exists()
+    logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "eos mounted" in logged and "alice" not in logged and "bob" not in logged
     assert list(MountTable().under(str(hepvol_env.workdir))) == []
 
 
