@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from mount_core.errors import Conflict, StateError
+from mount_core.errors import Busy, Conflict, StateError
 
 SCHEMA_VERSION = 1
 
@@ -245,29 +245,36 @@ class Ledger:
         info: dict[str, Any] | None = None,
     ) -> int:
         with self.transaction() as db:
-            db.execute("UPDATE backing_mounts SET idle_since = NULL WHERE key = ?", (key,))
-            if target is not None:
-                holder = db.execute(
-                    "SELECT consumer FROM consumers WHERE target = ?", (target,)
-                ).fetchone()
-                if holder is not None:
-                    raise Conflict(f"{target} is already a target of {holder['consumer']}")
-            cursor = db.execute(
-                "INSERT INTO consumers (key, consumer, kind, target, subpath, readonly, state,"
-                " created_target, info, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    consumer,
-                    kind,
-                    target,
-                    subpath,
-                    int(readonly),
-                    state,
-                    int(created_target),
-                    json.dumps(info or {}, sort_keys=True),
-                    time.time(),
-                ),
+            db.execute(
+                "UPDATE backing_mounts SET idle_since = NULL WHERE key = ? AND idle_since IS NOT NULL",
+                (key,),
             )
+            try:
+                cursor = db.execute(
+                    "INSERT INTO consumers (key, consumer, kind, target, subpath, readonly, state,"
+                    " created_target, info, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        consumer,
+                        kind,
+                        target,
+                        subpath,
+                        int(readonly),
+                        state,
+                        int(created_target),
+                        json.dumps(info or {}, sort_keys=True),
+                        time.time(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                holder = db.execute(
+                    "SELECT consumer, key FROM consumers WHERE target = ?", (target,)
+                ).fetchone()
+                if holder is None:
+                    raise
+                if (holder["consumer"], holder["key"]) == (consumer, key):
+                    raise Busy(f"another publish of {target} is in progress; try again") from None
+                raise Conflict(f"{target} is already a target of {holder['consumer']}") from None
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
@@ -278,10 +285,11 @@ class Ledger:
     def delete_consumer(self, row_id: int) -> int:
         """Delete one consumer row; returns how many consumers its backing mount has left."""
         with self.transaction() as db:
-            row = db.execute("SELECT key FROM consumers WHERE id = ?", (row_id,)).fetchone()
+            row = db.execute(
+                "DELETE FROM consumers WHERE id = ? RETURNING key", (row_id,)
+            ).fetchone()
             if row is None:
                 return -1
-            db.execute("DELETE FROM consumers WHERE id = ?", (row_id,))
             left = db.execute(
                 "SELECT COUNT(*) FROM consumers WHERE key = ?", (row["key"],)
             ).fetchone()[0]

@@ -1,10 +1,13 @@
 """Per-spec locks that hold across threads and processes.
 
 A FlexVolume call, the CSI server and the Docker plugin may act on the same spec
-at once. Each holder takes a process-local lock first (so threads queue with
-proper wake-ups instead of polling) and then ``flock`` on
+at once. Each holder takes a process-local readers-writer lock first (so threads
+queue with proper wake-ups instead of polling) and then ``flock`` on
 ``<state dir>/locks/<key>.lock`` (so processes exclude each other; the kernel drops
 the lock when a holder dies, even by ``kill -9``). Waits are bounded.
+
+Consumers arriving at or leaving a mounted volume hold the lock shared and run in
+parallel; mounting, unmounting and repairing hold it exclusive.
 """
 
 from __future__ import annotations
@@ -18,15 +21,54 @@ from contextlib import contextmanager
 
 from mount_core.errors import Busy
 
-_local_locks: dict[str, threading.Lock] = {}
+
+class _SharedLock:
+    """A readers-writer lock for the threads of one process; writers are preferred,
+    so a steady stream of publishes cannot starve an unmount."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    def acquire(self, shared: bool, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if shared:
+                while self._writer or self._writers_waiting:
+                    if not self._cond.wait(deadline - time.monotonic()):
+                        return False
+                self._readers += 1
+                return True
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    if not self._cond.wait(deadline - time.monotonic()):
+                        return False
+                self._writer = True
+                return True
+            finally:
+                self._writers_waiting -= 1
+
+    def release(self, shared: bool) -> None:
+        with self._cond:
+            if shared:
+                self._readers -= 1
+            else:
+                self._writer = False
+            self._cond.notify_all()
+
+
+_local_locks: dict[str, _SharedLock] = {}
 _guard = threading.Lock()
 
 
-def _thread_lock(name: str) -> threading.Lock:
+def _thread_lock(name: str) -> _SharedLock:
     with _guard:
         lock = _local_locks.get(name)
         if lock is None:
-            lock = _local_locks[name] = threading.Lock()
+            lock = _local_locks[name] = _SharedLock()
         return lock
 
 
@@ -38,21 +80,26 @@ class LockDir:
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     @contextmanager
-    def hold(self, key: str, timeout: float) -> Iterator[None]:
-        """Hold the lock of ``key`` or raise :class:`Busy` after ``timeout`` seconds."""
+    def hold(self, key: str, timeout: float, *, shared: bool = False) -> Iterator[None]:
+        """Hold the lock of ``key`` or raise :class:`Busy` after ``timeout`` seconds.
+
+        Shared holders (consumers coming and going on a mounted volume) run side by
+        side; an exclusive holder (mounting, unmounting, repairing) runs alone.
+        """
         deadline = time.monotonic() + timeout
         local = _thread_lock(os.path.join(self.path, key))
-        if not local.acquire(timeout=timeout):
+        if not local.acquire(shared, timeout):
             raise Busy(f"another operation on {key} is in progress; try again")
         try:
             fd = os.open(
                 os.path.join(self.path, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
             try:
+                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
                 delay = 0.001
                 while True:
                     try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
                         if time.monotonic() >= deadline:
@@ -65,4 +112,4 @@ class LockDir:
             finally:
                 os.close(fd)
         finally:
-            local.release()
+            local.release(shared)

@@ -83,8 +83,10 @@ class MountManager:
     # Helpers ------------------------------------------------------------------
 
     @contextmanager
-    def locked(self, key: str) -> Iterator[None]:
-        with self.locks.hold(key, self.config.lock_timeout_seconds):
+    def locked(self, key: str, *, shared: bool = False) -> Iterator[None]:
+        """Hold the spec's lock: shared to add or drop consumers of a mounted volume,
+        exclusive to mount, unmount or repair it."""
+        with self.locks.hold(key, self.config.lock_timeout_seconds, shared=shared):
             yield
 
     @contextmanager
@@ -166,23 +168,38 @@ class MountManager:
 
         Idempotent per consumer, except Docker consumers, which count each call.
         """
-        with self._operation("acquire", spec.key, consumer.id), self.locked(spec.key):
+        with self._operation("acquire", spec.key, consumer.id):
+            path = None
+            if consumer.multiset:
+                with self.locked(spec.key, shared=True):
+                    path = self._acquire_locked(spec, consumer, may_mount=False)
+            if path is None:
+                with self.locked(spec.key):
+                    path = self._acquire_locked(spec, consumer, may_mount=True)
+            assert path is not None
+            return path
+
+    def _acquire_locked(
+        self, spec: VolumeSpec, consumer: Consumer, *, may_mount: bool
+    ) -> str | None:
+        if not consumer.multiset:
             held = [r for r in self.ledger.consumers_named(consumer.id) if r.target is None]
-            if held and not consumer.multiset:
+            if held:
                 if held[0].key != spec.key or held[0].subpath != spec.subpath:
                     raise Conflict(f"{consumer.id} already holds another volume ({held[0].key})")
                 backing = self.ledger.backing(spec.key)
                 assert backing is not None
                 return _serving_path(backing.path, spec)
-            backing = self._ensure_backing(spec)
-            path = _serving_path(backing.path, spec)
-            if spec.subpath:
-                with targets.open_inside(backing.path, spec.subpath):
-                    pass
-            self.ledger.add_consumer(
-                spec.key, consumer.id, consumer.kind, subpath=spec.subpath, info=consumer.info
-            )
-            return path
+        backing = self._ensure_backing(spec) if may_mount else self._mounted(spec.key)
+        if backing is None:
+            return None
+        if spec.subpath:
+            with targets.open_inside(backing.path, spec.subpath):
+                pass
+        self.ledger.add_consumer(
+            spec.key, consumer.id, consumer.kind, subpath=spec.subpath, info=consumer.info
+        )
+        return _serving_path(backing.path, spec)
 
     def publish(
         self, spec: VolumeSpec, consumer: Consumer, target: str, *, readonly: bool = True
@@ -196,25 +213,47 @@ class MountManager:
         target = targets.normalize(target)
         targets.root_of(target, self.config.target_roots)
         readonly = self._readonly(spec, readonly)
-        with self._operation("publish", spec.key, consumer.id), self.locked(spec.key):
-            existing = self.ledger.consumer_at(target)
-            if existing is not None:
-                same = (existing.key, existing.consumer, existing.subpath, existing.readonly)
-                if same == (spec.key, consumer.id, spec.subpath, readonly):
-                    if existing.state == "active":
-                        return target
-                else:
-                    raise Conflict(
-                        f"{target} already has a different volume published "
-                        f"({existing.key}, {'read-only' if existing.readonly else 'read-write'})"
-                    )
-            backing = self._ensure_backing(spec)
+        with self._operation("publish", spec.key, consumer.id):
             try:
-                self._bind_new(spec, consumer, target, readonly, backing, existing)
+                with self.locked(spec.key, shared=True):
+                    done = self._publish_locked(spec, consumer, target, readonly, may_mount=False)
+                if not done:
+                    with self.locked(spec.key):
+                        self._publish_locked(spec, consumer, target, readonly, may_mount=True)
             except BaseException:
-                self._after_last_consumer(spec.key)
+                self._settle(spec.key)
                 raise
             return target
+
+    def _publish_locked(
+        self, spec: VolumeSpec, consumer: Consumer, target: str, readonly: bool, *, may_mount: bool
+    ) -> bool:
+        """Publish under the spec's lock; False when the backing mount must be made first."""
+        existing = self.ledger.consumer_at(target)
+        if existing is not None:
+            same = (existing.key, existing.consumer, existing.subpath, existing.readonly)
+            if same == (spec.key, consumer.id, spec.subpath, readonly):
+                if existing.state == "active":
+                    return True
+            else:
+                raise Conflict(
+                    f"{target} already has a different volume published "
+                    f"({existing.key}, {'read-only' if existing.readonly else 'read-write'})"
+                )
+        backing = self._ensure_backing(spec) if may_mount else self._mounted(spec.key)
+        if backing is None:
+            return False
+        self._bind_new(spec, consumer, target, readonly, backing, existing)
+        return True
+
+    def _mounted(self, key: str) -> BackingRow | None:
+        row = self.ledger.backing(key)
+        return row if row is not None and row.state == "mounted" else None
+
+    def _settle(self, key: str) -> None:
+        """After consumers left: unmount (or start the idle clock of) an unused backing mount."""
+        with self.locked(key):
+            self._after_last_consumer(key)
 
     def _bind_new(
         self,
@@ -272,12 +311,15 @@ class MountManager:
         rows = self.ledger.consumers_named(consumer.id)
         if not rows:
             return False
-        row = rows[-1]
-        with self._operation("release", row.key, consumer.id), self.locked(row.key):
-            current = [r for r in self.ledger.consumers_named(consumer.id) if r.key == row.key]
-            if not current:
-                return False
-            self._remove_consumer(current[-1])
+        key = rows[-1].key
+        with self._operation("release", key, consumer.id):
+            with self.locked(key, shared=True):
+                current = [r for r in self.ledger.consumers_named(consumer.id) if r.key == key]
+                if not current:
+                    return False
+                left = self._remove_consumer(current[-1])
+            if left == 0:
+                self._settle(key)
             return True
 
     def unpublish(self, target: str) -> bool:
@@ -289,15 +331,22 @@ class MountManager:
         row = self.ledger.consumer_at(target)
         if row is None:
             return self._unmount_stray(target)
-        with self._operation("unpublish", row.key, row.consumer), self.locked(row.key):
-            row = self.ledger.consumer_at(target)
-            if row is None:
-                return False
-            self._remove_consumer(row)
+        with self._operation("unpublish", row.key, row.consumer):
+            with self.locked(row.key, shared=True):
+                current = self.ledger.consumer_at(target)
+                if current is None:
+                    return False
+                left = self._remove_consumer(current)
+            if left == 0:
+                self._settle(current.key)
             return True
 
-    def _remove_consumer(self, row: ConsumerRow) -> None:
-        """Unbind a consumer's target, forget it, and let the backing go if unused (lock held)."""
+    def _remove_consumer(self, row: ConsumerRow) -> int:
+        """Unbind a consumer's target and forget it (lock held, shared is enough).
+
+        Returns how many consumers its backing mount has left (-1: already gone);
+        the caller settles the backing mount when none are.
+        """
         if row.target is not None:
             self.ledger.set_consumer_state(row.id, "releasing")
             try:
@@ -305,9 +354,9 @@ class MountManager:
                                 remove_dir=row.created_target)  # fmt: skip
             except OSError as exc:
                 raise MountFailed(f"cannot unmount {row.target}: {exc.strerror}") from None
-        self.ledger.delete_consumer(row.id)
+        left = self.ledger.delete_consumer(row.id)
         event(log, "released", volume=row.key, consumer=row.consumer, target=row.target)
-        self._after_last_consumer(row.key)
+        return left
 
     def _unmount_stray(self, target: str) -> bool:
         """Unmount a bind of ours at ``target`` that the ledger does not know."""

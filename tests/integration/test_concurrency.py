@@ -31,13 +31,18 @@ print("done")
 """
 
 
-def _children(env: HepvolEnv, action: str, targets: list[str], processes: int) -> list[subprocess.Popen[str]]:
+def _children(
+    env: HepvolEnv, action: str, targets: list[str], processes: int
+) -> list[subprocess.Popen[str]]:
     chunk = len(targets) // processes
     return [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, action, SAMPLE, *targets[i * chunk : (i + 1) * chunk]],
-            env=env.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            env=env.environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(processes)
     ]
 
@@ -60,7 +65,7 @@ def _run_mixed(env: HepvolEnv, action: str, targets: list[str]) -> None:
         for future in [pool.submit(one, t) for t in in_threads]:
             future.result()
     for child in children:
-        out, err = child.communicate(timeout=120)
+        _out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
 
 
@@ -97,3 +102,25 @@ def test_docker_consumers_are_a_multiset(hepvol_env: HepvolEnv) -> None:
     assert manager.release(consumer) is True
     assert MountTable().at(path) is None
     assert manager.release(consumer) is False
+
+
+def test_consumers_coming_and_going_while_the_mount_comes_and_goes(
+    hepvol_env: HepvolEnv,
+) -> None:
+    """Publishes racing the last unpublish: every publish reads, nothing leaks."""
+    manager = hepvol_env.manager()
+
+    def cycle(worker: int) -> None:
+        for round_ in range(15):
+            target = str(hepvol_env.targets / f"w{worker}-{round_}")
+            manager.publish(SPEC, Consumer("csi", target), target)
+            with open(f"{target}/README") as handle:
+                assert handle.read() == "sample trunk\n"
+            manager.unpublish(target)
+
+    with ThreadPoolExecutor(12) as pool:
+        for future in [pool.submit(cycle, w) for w in range(12)]:
+            future.result()
+    assert manager.status() == []
+    assert list(MountTable().under(str(hepvol_env.workdir))) == []
+    assert hepvol_env.server_pids() == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mount_core.errors import Conflict, StateError
+from mount_core.errors import Busy, Conflict, StateError
 from mount_core.ledger import SCHEMA_VERSION, Ledger
 
 
@@ -32,7 +32,9 @@ def test_reference_count_is_the_number_of_consumer_rows(tmp_path: Path) -> None:
     ledger.add_consumer("k", "csi:/t", "csi", target="/t")
     assert ledger.count("k") == 3
     assert ledger.delete_consumer(first) == 2
-    with pytest.raises(Conflict, match="already a target"):
+    with pytest.raises(Conflict, match="already a target of csi:/t"):
+        ledger.add_consumer("k", "flex:/t", "flex", target="/t")
+    with pytest.raises(Busy, match="in progress"):
         ledger.add_consumer("k", "csi:/t", "csi", target="/t")
     with pytest.raises(StateError, match="still has consumers"):
         ledger.delete_backing("k")
