@@ -110,5 +110,12 @@ def remove_volume(name: str) -> None:
     A volume whose driver has gone makes every later ``docker volume ls`` wait for
     the vanished socket.
     """
-    if shutil.which("docker") is not None:
-        _docker("volume", "rm", "-f", name, timeout=30)
+    if shutil.which("docker") is None:
+        return
+    # `docker run --rm` returns before dockerd has removed the container and
+    # unmounted its volumes: until then the volume is in use.
+    deadline = time.monotonic() + 15
+    while _docker("volume", "rm", "-f", name, timeout=30).returncode != 0:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
