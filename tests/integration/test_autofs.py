@@ -277,3 +277,22 @@ def test_dead_repository_in_a_whole_tree_volume_comes_back(
     assert HealthMonitor(manager).run_once()[TREE.key].condition == HEALTHY
     assert _read(tree / SAMPLE) == "sample trunk\n", "autofs mounted it afresh"
     assert len(autofs.calls("mount.cvmfs")) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "answer"),
+    [
+        ("atlas.cern.ch", "-fstype=cvmfs :atlas.cern.ch\n"),
+        ("atlas", ""),
+        (".hidden", ""),
+        ("atlas.cern.ch;reboot", ""),
+        ("-fstype=bind", ""),
+    ],
+)
+def test_program_map_answers_fully_qualified_repository_names_only(
+    hepvol_env: HepvolEnv, autofs: Standins, key: str, answer: str
+) -> None:
+    hepvol_env.manager().publish(TREE, csi(hepvol_env.targets / "t"), str(hepvol_env.targets / "t"))
+    program_map = Path(hepvol_env.config.state_dir) / "autofs" / "auto.cvmfs"
+    result = subprocess.run([str(program_map), key], capture_output=True, text=True, check=False)
+    assert (result.stdout, result.returncode) == (answer, 0 if answer else 1)
