@@ -44,7 +44,7 @@ def check_name(name: object) -> str:
         or not 0 < len(name) <= NAME_MAX
         or "/" in name
         or ".." in name
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or not name.isprintable()  # control, format (bidi) and line-separator characters
     ):
         raise InvalidSpec("volume name", name, NAME_RULE)
     return name
