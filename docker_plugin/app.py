@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from docker_plugin.volumes import DockerVolumes
-from mount_core.errors import HepvolError
+from mount_core.errors import HepvolError, NotFound
 from mount_core.logs import event
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
@@ -39,7 +39,9 @@ def _failure(exc: Exception, method: str, name: object) -> Response:
     """The one place where errors become protocol errors."""
     if isinstance(exc, HepvolError):
         message = str(exc)
-        event(log, f"{method} refused: {message}", volume=str(name), level=logging.WARNING)
+        # dockerd asks Get before every implicit create: not finding is routine.
+        level = logging.INFO if isinstance(exc, NotFound) else logging.WARNING
+        event(log, f"{method} refused: {message}", volume=str(name), level=level)
     else:
         log.exception(f"{method} crashed", extra={"volume": str(name), "consumer": None})
         message = (
