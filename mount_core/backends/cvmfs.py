@@ -35,6 +35,7 @@ from mount_core.backends.autofs import Automounter
 from mount_core.backends.base import Backend
 from mount_core.backends.cvmfs_config import render
 from mount_core.backends.external import (
+    CVMFS_EXIT_CODES,
     failure,
     fuse_unmount,
     fusermount_program,
@@ -140,7 +141,7 @@ class Cvmfs2Backend(Backend):
         result = run_client(argv, timeout=self.timeout, what=spec.source)
         if result.returncode != 0:
             hint = _ALREADY_MOUNTED_HINT if "already mounted" in result.stderr else ""
-            raise failure(spec.source, result, hint)
+            raise failure(spec.source, result, hint, CVMFS_EXIT_CODES)
 
     def _mount_private(self, spec: VolumeSpec, path: str) -> None:
         assert spec.repository is not None

@@ -91,6 +91,9 @@ class EosxdBackend(Backend):
         instance = lookup(self.instances, spec.instance)
         os.makedirs(path, mode=0o755, exist_ok=True)
         credential = None
+        # A remount (repair) finds the credential already there: a failed attempt
+        # must keep it for the next one.
+        existed = os.path.isdir(self.credential_dir(spec.key))
         if spec.credential is not None:
             credential = (spec.credential.kind, self._write_credential(spec.key, spec.credential))
         try:
@@ -105,7 +108,8 @@ class EosxdBackend(Backend):
                     f"cannot mount {spec.source}: eosxd reported success but {path} is not mounted"
                 )
         except BaseException:
-            self._forget(spec.key)
+            if not existed:
+                self._forget(spec.key)
             raise
         event(log, "eos mounted", volume=spec.key, path=path, instance=instance.name,
               private=credential is not None)  # fmt: skip

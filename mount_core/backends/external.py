@@ -85,12 +85,24 @@ def fuse_unmount(path: str, *, lazy: bool, timeout: float) -> None:
         bind.unmount(path, lazy=True)
 
 
-def failure(what: str, result: subprocess.CompletedProcess[str], hint: str = "") -> MountFailed:
-    """The error a user sees when a client exits non-zero: its own words, quoted."""
+#: What the CVMFS mount helper's exit codes mean (mount(8) conventions).
+CVMFS_EXIT_CODES = {
+    1: "a check failed before the client started",
+    32: "the client started and failed",
+}
+
+
+def failure(
+    what: str,
+    result: subprocess.CompletedProcess[str],
+    hint: str = "",
+    codes: dict[int, str] | None = None,
+) -> MountFailed:
+    """The error a user sees when a client exits non-zero: its own words, quoted.
+
+    ``codes`` names what the client's exit codes mean, where it documents them.
+    """
     reason = client_message(result.stderr + "\n" + result.stdout)
-    stage = {
-        1: "a check failed before the client started",
-        32: "the client started and failed",
-    }.get(result.returncode, f"exit code {result.returncode}")
+    stage = (codes or {}).get(result.returncode, f"exit code {result.returncode}")
     extra = f"; {hint}" if hint else ""
     return MountFailed(f"cannot mount {what}: {stage}: {reason!r}{extra}")

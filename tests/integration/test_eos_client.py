@@ -191,3 +191,28 @@ def test_dead_eosxd_is_repaired_with_its_credential(
     if credential is not None:
         file = Path(hepvol_env.config.state_dir) / "credentials" / spec.key / "oauth2.token"
         assert file.read_bytes() == b"token-xyz" and stat.S_IMODE(file.stat().st_mode) == 0o600
+
+
+def test_failed_repair_keeps_the_credential_for_the_next_attempt(
+    hepvol_env: HepvolEnv, clients: Standins
+) -> None:
+    manager = hepvol_env.manager()
+    spec = eos("/theory", Credential("eostoken", b"zteos64:token"))
+    target = hepvol_env.targets / "t"
+    manager.publish(spec, csi(target), str(target))
+    [server] = clients.server_pids()
+    os.kill(server, signal.SIGKILL)
+    clients.fail("eosxd", "MGM unreachable")
+    monitor = HealthMonitor(hepvol_env.manager())
+    monitor.run_once()
+    condition, message = manager.condition(spec.key)
+    assert (
+        condition == "failed"
+        and "exit code 1: 'error: failed to mount (MGM unreachable)'" in message
+    )
+    file = Path(hepvol_env.config.state_dir) / "credentials" / spec.key / "eos.token"
+    assert file.read_bytes() == b"zteos64:token"
+    clients.fail("eosxd", None)
+    monitor.run_once()
+    assert (target / "README").read_text() == "theory\n"
+    assert manager.status()[0].condition == HEALTHY

@@ -62,7 +62,9 @@ def _source(fqrn: str, values: dict[str, str]) -> Path:
 def _start(tool: str, fqrn: str, mount_point: str, values: dict[str, str]) -> None:
     forced = common.forced_failure(tool)
     if forced is not None:
-        common.die(f"CernVM-FS: loading Fuse module... Failed to mount ({forced})", 32)
+        # The helper reports cvmfs2's failure as 32; cvmfs2 itself exits with its code.
+        code = 32 if tool == "mount.cvmfs" else int(forced.split(" ", 1)[0])
+        common.die(f"CernVM-FS: loading Fuse module... Failed to mount ({forced})", code)
     source = _source(fqrn, values)
     if not source.is_dir():
         common.die(f"CernVM-FS: loading Fuse module... {_CATALOG_FAILURE}", 32)
