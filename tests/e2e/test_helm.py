@@ -266,3 +266,20 @@ def test_example_pods_see_repairs_through_host_to_container_propagation() -> Non
     classes = {s["metadata"]["name"]: s for s in by_kind(docs, "StorageClass")}
     assert classes["cvmfs-atlas"]["provisioner"] == "cvmfs.csi.cern.ch"
     assert classes["cvmfs-atlas"]["parameters"] == {"repository": "atlas.cern.ch"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("kubeletDir=var/lib/kubelet", "/kubeletDir"),
+        ("cvmfs.client=cvmfs", "/cvmfs/client"),
+        ("hepvol.statedir=/srv/hepvol", "'statedir' not allowed"),
+        ("eos.instances[0].name=CMS", "/eos/instances/0"),
+        ("node.updateStrategy.type=Recreate", "/node/updateStrategy/type"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(setting: str, named: str) -> None:
+    argv = [HELM, "template", "hepvol", CHART, "--kube-version", K8S_VERSION, "--set", setting]
+    result = _run(*argv)
+    assert result.returncode != 0 and result.stdout == ""
+    assert named in result.stderr, result.stderr
