@@ -114,7 +114,5 @@ def leftovers(config: Config, workdir: str) -> list[str]:
         if entry.mount_point != root
     ]
     servers = [f"FUSE server still running: {line}" for line in fuse_servers(workdir)]
-    dirs = [
-        f"mount dir {name} left under the mount root" for name in os.listdir(config.mount_root)
-    ]
+    dirs = [f"mount dir {name} left under the mount root" for name in os.listdir(config.mount_root)]
     return rows + mounts + servers + dirs

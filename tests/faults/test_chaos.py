@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 
 from csi_driver.client import Client, capability
@@ -116,9 +115,7 @@ class Worker:
             parent = world.targets / "csi" / f"w{n}t{k}"
             parent.mkdir(parents=True)
             self.csi_targets.append(Target(parent / "mount", rng.choice(names)))
-        self.pods = [
-            Target(kubelet.pod_dir(uid=f"w{n}p{k}"), rng.choice(names)) for k in range(2)
-        ]
+        self.pods = [Target(kubelet.pod_dir(uid=f"w{n}p{k}"), rng.choice(names)) for k in range(2)]
 
     def volume_id(self, target: Target) -> str:
         return f"vol-{target.path.parent.name}"
@@ -244,9 +241,10 @@ def _check_model(fronts: Fronts, workers: list[Worker]) -> list[str]:
                 row = ledger.consumer_at(str(target.path))
                 if target.state == "present" and row is None:
                     problems.append(f"lost: {target.path} was published and is not in the ledger")
-                elif target.state == "present" and _readme(target.path) != REPOSITORIES[
-                    target.volume
-                ]:
+                elif (
+                    target.state == "present"
+                    and _readme(target.path) != REPOSITORIES[target.volume]
+                ):
                     problems.append(f"{target.path} does not show {target.volume}")
                 elif target.state == "absent" and row is not None:
                     problems.append(f"{target.path} was unpublished and is in the ledger")
