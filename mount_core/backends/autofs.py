@@ -3,17 +3,16 @@
 hepvol writes a master map with one indirect entry, ``<root> program:<map>``,
 where the map is :mod:`mount_core.backends.cvmfs_automap` installed executable in
 the state dir, and starts ``automount`` on it. automount daemonises itself, so it
-outlives hepvol; a later hepvol adopts a running one (found by its pid file). It
-is never stopped with SIGTERM, which would unmount the autofs root under every
-container using it: a SIGKILL leaves the root in place for the next automount.
+outlives hepvol; a later hepvol adopts a running one (found by its pid file).
+hepvol never stops it: SIGTERM would unmount the autofs root under every
+container using it, while a SIGKILL (by an operator, or a crash) leaves the root
+in place for the next automount, which hepvol starts when it finds none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from mount_core import bind
 from mount_core.backends import cvmfs_automap
 from mount_core.backends.external import run_client
 from mount_core.errors import MountFailed, MountTimeout
+from mount_core.locks import LockDir
 from mount_core.logs import event
 from mount_core.mountinfo import MountTable
 
@@ -42,7 +42,7 @@ class Automounter:
         self.master = os.path.join(self.dir, "auto.master")
         self.map = os.path.join(self.dir, "auto.cvmfs")
         self.pidfile = os.path.join(self.dir, "automount.pid")
-        self._lock = threading.Lock()
+        self.locks = LockDir(state_dir)
 
     # Files --------------------------------------------------------------------
 
@@ -78,7 +78,11 @@ class Automounter:
 
     def ensure(self) -> None:
         """Have automount serve the root: adopt a running one or start it."""
-        with self._lock:
+        if self.pid() is not None and self.root_mounted():
+            return
+        # One starter at a time across hepvol's processes: a second automount
+        # would refuse to run ("already running") and look like a foreign one.
+        with self.locks.hold("automount", self.wait):
             if self.pid() is not None and self.root_mounted():
                 return
             self._install()
@@ -109,13 +113,6 @@ class Automounter:
             bind.set_propagation(self.root, bind.MS_SHARED)
             event(log, "automount adopted the autofs root" if adopting else "automount started",
                   volume=None, root=self.root, pid=self.pid())  # fmt: skip
-
-    def stop(self) -> None:
-        """Stop automount with SIGKILL, leaving the autofs root for the next one."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
 
     def trigger(self, name: str) -> str:
         """Make autofs mount ``<root>/<name>`` and return that path.
