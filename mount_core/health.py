@@ -74,7 +74,9 @@ class Prober:
             usage = os.statvfs(path)
         except OSError as exc:
             dead = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENOENT)
-            reason = "the FUSE server died" if exc.errno == errno.ENOTCONN else exc.strerror
+            # A server killed mid-request answers ECONNABORTED first, then ENOTCONN.
+            died = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+            reason = "the FUSE server died" if died else exc.strerror
             box.append(ProbeResult(FAILED, f"{reason} ({errno.errorcode.get(exc.errno or 0)})",
                                    dead=dead))  # fmt: skip
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mount_core.health import FAILED
+from mount_core.health import FAILED, REPAIRING
 from mount_core.ledger import Ledger
 from mount_core.mountinfo import MountTable
 
@@ -60,7 +60,8 @@ def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStat
     for row in ledger.backings():
         mounted = table.at(row.path) is not None
         condition, message = row.condition, row.message
-        if row.state == "mounted" and not mounted:
+        # While the health loop repairs a volume it is briefly unmounted: say why.
+        if row.state == "mounted" and not mounted and condition != REPAIRING:
             condition, message = FAILED, "not mounted"
         result.append(
             BackingStatus(
