@@ -56,6 +56,16 @@ def require(value: str, field: str) -> str:
     return value
 
 
+#: Longest message a client gets; a request's 10 KB path is not echoed back whole.
+MAX_MESSAGE = 1000
+
+
+def readable(message: str) -> str:
+    """``message`` as one printable line of bounded length (request values are escaped)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
 def status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str, bool]:
     """(code, message, expected) for an exception raised by a servicer.
 
@@ -63,12 +73,12 @@ def status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str, bo
     client only gets a short message (no internals, no secrets).
     """
     if isinstance(exc, CsiError):
-        return exc.code, str(exc), True
+        return exc.code, readable(str(exc)), True
     if isinstance(exc, errors.HepvolError):
         for cls, code in _CODES:
             if isinstance(exc, cls):
-                return code, str(exc), True
-        return grpc.StatusCode.INTERNAL, str(exc), True
+                return code, readable(str(exc)), True
+        return grpc.StatusCode.INTERNAL, readable(str(exc)), True
     if isinstance(exc, NotImplementedError):
         # The generated base servicer's answer for RPCs this driver does not offer.
         return grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this driver", True

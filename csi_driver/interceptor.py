@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import Histogram
 
-from csi_driver.errors import status_of
+from csi_driver.errors import invalid, status_of
 from csi_driver.generated import csi_pb2
 from mount_core.logs import event
 
@@ -66,6 +66,24 @@ def _strip(message: Message) -> None:
                 _strip(item)
 
 
+class _Undecodable:
+    """What a request that is not a valid protobuf message of its method becomes."""
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers INTERNAL when deserializing fails; bad bytes are bad input.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _Undecodable()
+
+    return parse
+
+
 def _volume_of(request: Any) -> str | None:
     for name in ("volume_id", "name"):
         value = getattr(request, name, None)
@@ -95,6 +113,8 @@ class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 if log.isEnabledFor(logging.DEBUG):
                     event(log, "request", volume=_volume_of(request), level=logging.DEBUG,
                           method=method, request=without_secrets(request))  # fmt: skip
+                if isinstance(request, _Undecodable):
+                    raise invalid(f"the request is not a valid {method} message")
                 return inner(request, context)
             except Exception as exc:
                 code, message, expected = status_of(exc, method)
@@ -115,6 +135,6 @@ class CsiInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
