@@ -69,6 +69,8 @@ class Dockerd:
     process: subprocess.Popen[bytes] | None = None
     containerd: subprocess.Popen[bytes] | None = None
     containerd_address: str = ""
+    #: Keep containers running while dockerd is down (the fault suite restarts it).
+    live_restore: bool = False
 
     @property
     def host(self) -> str:
@@ -124,7 +126,7 @@ class Dockerd:
                 "--exec-root", str(self.root / "exec"), "-H", self.host,
                 "--pidfile", str(self.root / "docker.pid"),
                 "--iptables=false", "--ip6tables=false", "--bridge=none",
-                "--live-restore=false", "--log-level=warn",
+                f"--live-restore={str(self.live_restore).lower()}", "--log-level=warn",
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -183,10 +185,16 @@ def _import_base_image(engine: Dockerd) -> None:
 
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[Dockerd]:
+    yield from run_engine()
+
+
+def run_engine(*, live_restore: bool = False) -> Iterator[Dockerd]:
+    """A started engine with the test image; stopped and removed afterwards."""
     if shutil.which("dockerd") is None:
         pytest.fail("dockerd is not installed: `make test` installs docker.io")
     # Short path: containerd's sockets live under the exec root (108-byte limit).
-    engine = Dockerd(Path(tempfile.mkdtemp(prefix="hv-dockerd-", dir="/tmp")))
+    root = Path(tempfile.mkdtemp(prefix="hv-dockerd-", dir="/tmp"))
+    engine = Dockerd(root, live_restore=live_restore)
     try:
         engine.start()
         _import_base_image(engine)
