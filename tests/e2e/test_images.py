@@ -15,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mount_core import bind
 from mount_core.mountinfo import MountTable
 from tests.conftest import REPO, SAMPLE, HepvolEnv, wait_for
 from tests.e2e.dockerd import IMAGE, PLUGIN_DIR, Dockerd, dockerd
@@ -92,8 +96,8 @@ def image_plugin(dockerd: Dockerd, node_image: str, shared_world: HepvolEnv) -> 
                    "HEPVOL_LOCAL_ROOT": config.local.root,
                    "HEPVOL_TARGET_ROOTS": ":".join(config.target_roots)}  # fmt: skip
     argv = ["run", "-d", "--name", driver, "--network", "none", *PLUGIN_PRIVILEGES]
-    for bind in binds:
-        argv += ["-v", bind]
+    for volume in binds:
+        argv += ["-v", volume]
     for key, value in environment.items():
         argv += ["-e", f"{key}={value}"]
     argv += [node_image, "docker-plugin", "--driver", "cvmfs", "--name", driver,
@@ -254,3 +258,113 @@ def test_flexvolume_installer_gives_kubelet_working_drivers(
                                env={}, timeout=60, check=False)  # fmt: skip
     assert json.loads(unmounted.stdout)["status"] == "Success", unmounted.stdout
     assert not [e for e in MountTable().under(str(kubelet))]
+
+
+def _docker_mounts(pod: dict[str, Any], container: dict[str, Any], scratch: Path) -> list[str]:
+    """A container's volumeMounts as ``docker run`` arguments, the way kubelet would
+    make them: hostPath as binds (Bidirectional -> rshared), ConfigMaps as files."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    argv: list[str] = []
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "hostPath" in volume:
+            source = Path(volume["hostPath"]["path"])
+            if volume["hostPath"].get("type") == "CharDevice":
+                argv += ["--device", str(source)]
+                continue
+            source.mkdir(parents=True, exist_ok=True)
+        elif "configMap" in volume:
+            source = scratch / volume["configMap"]["name"]
+            if "subPath" in mount:
+                source = source / mount["subPath"]
+        else:
+            raise AssertionError(f"no stand-in for volume {volume}")
+        option = {"Bidirectional": ":rshared"}.get(mount.get("mountPropagation", ""), "")
+        argv += ["-v", f"{source}:{mount['mountPath']}{option}"]
+    return argv
+
+
+@pytest.fixture
+def chart_node(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iterator[Path]:
+    """The chart's cvmfs node container run from the image as kubelet would; yields the kubelet dir."""
+    world, config = hepvol_env.workdir, hepvol_env.config
+    # Short: the plugin socket's path must fit in a sockaddr_un (108 bytes).
+    kubelet = Path(tempfile.mkdtemp(prefix="hvk-", dir="/tmp"))
+    text = render(None, "--set", ",".join([
+        f"kubeletDir={kubelet}", f"hepvol.stateDir={config.state_dir}",
+        f"hepvol.mountRoot={config.mount_root}", f"local.root={hepvol_env.repos}",
+        "cvmfs.client=local", f"cvmfs.cacheDir={world / 'cvmfs-cache'}",
+    ]))  # fmt: skip
+    docs = objects(text)
+    scratch = world / "configmaps"
+    for config_map in by_kind(docs, "ConfigMap"):
+        for key, value in config_map["data"].items():
+            path = scratch / config_map["metadata"]["name"] / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value)
+    (node,) = [
+        d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"] == "hepvol-cvmfs-node"
+    ]
+    pod = node["spec"]["template"]["spec"]
+    hepvol = containers(node)["hepvol"]
+    # kubelet's own dirs are shared mounts on a node; make them so here.
+    for shared in (kubelet / "pods", Path(config.mount_root)):
+        shared.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+    argv = ["run", "-d", "--network", "none", *PLUGIN_PRIVILEGES, "-e", "NODE_ID=node-1"]
+    argv += [f"-e{e['name']}={e['value']}" for e in hepvol["env"] if "value" in e]
+    argv += _docker_mounts(pod, hepvol, scratch)
+    try:
+        container = dockerd.docker(*argv, node_image, *hepvol["args"]).stdout.strip()
+        socket = kubelet / "plugins" / "cvmfs.csi.cern.ch" / "csi.sock"
+        if not wait_for(socket.exists, 30, 0.2):
+            logs = dockerd.docker("logs", container, check=False)
+            raise AssertionError(f"node plugin did not start: {logs.stdout}{logs.stderr}")
+        yield kubelet
+    finally:
+        dockerd.remove_containers()
+        for entry in sorted(MountTable().under(str(kubelet)), key=lambda e: -len(e.mount_point)):
+            with contextlib.suppress(OSError):
+                bind.unmount(entry.mount_point, lazy=True)
+        shutil.rmtree(kubelet, ignore_errors=True)
+
+
+def test_chart_node_plugin_publishes_into_kubelets_pods_dir(chart_node: Path) -> None:
+    """kubelet's calls on the socket the registrar names; the bind lands on the host."""
+    import grpc
+
+    from csi_driver.generated import csi_pb2, csi_pb2_grpc
+
+    kubelet = chart_node
+    channel = grpc.insecure_channel(f"unix://{kubelet}/plugins/cvmfs.csi.cern.ch/csi.sock")
+    try:
+        identity = csi_pb2_grpc.IdentityStub(channel)
+        node = csi_pb2_grpc.NodeStub(channel)
+        assert identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=10).name == (
+            "cvmfs.csi.cern.ch"
+        )
+        assert identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value is True
+        assert node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10).node_id == "node-1"
+        target = kubelet / "pods" / "7c1d" / "volumes" / "kubernetes.io~csi" / "sample" / "mount"
+        target.parent.mkdir(parents=True)  # kubelet makes the parent, the driver the rest
+        capability = csi_pb2.VolumeCapability(
+            mount=csi_pb2.VolumeCapability.MountVolume(),
+            access_mode=csi_pb2.VolumeCapability.AccessMode(
+                mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
+            ),
+        )
+        node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
+            volume_id="sample", target_path=str(target), volume_capability=capability,
+            readonly=True, volume_context={"repository": SAMPLE},
+        ), timeout=60)  # fmt: skip
+        # Made inside the plugin's container, seen by the host (as kubelet and the
+        # container runtime would see it) through Bidirectional propagation.
+        assert (target / "README").read_text() == "sample trunk\n"
+        node.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id="sample", target_path=str(target)),
+            timeout=60,
+        )
+        assert not target.exists()
+    finally:
+        channel.close()

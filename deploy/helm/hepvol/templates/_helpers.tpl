@@ -63,14 +63,15 @@ log_level = {{ .Values.hepvol.logLevel | toJson }}
 [local]
 root = {{ .Values.local.root | toJson }}
 
+# A disabled driver keeps the embedded client, so its real one need not be installed.
 [cvmfs]
-client = {{ .Values.cvmfs.client | toJson }}
-automount = {{ .Values.cvmfs.automount }}
+client = {{ ternary .Values.cvmfs.client "local" .Values.drivers.cvmfs.enabled | toJson }}
+automount = {{ and .Values.drivers.cvmfs.enabled .Values.cvmfs.automount }}
 automount_timeout_seconds = {{ .Values.cvmfs.automountTimeoutSeconds }}
 root = {{ .Values.cvmfs.root | toJson }}
 
 [eos]
-client = {{ .Values.eos.client | toJson }}
+client = {{ ternary .Values.eos.client "local" .Values.drivers.eos.enabled | toJson }}
 {{- range .Values.eos.instances }}
 
 [[eos.instances]]

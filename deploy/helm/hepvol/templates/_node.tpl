@@ -21,6 +21,12 @@ Called with (dict "root" $ "drivers" (list "cvmfs" "eos")): the drivers it serve
   mountPropagation: Bidirectional
 - name: fuse
   mountPath: /dev/fuse
+{{- if include "hepvol.localRootApart" .root }}
+# The embedded backend's repositories, when they live outside the state dir.
+- name: local-root
+  mountPath: {{ $v.local.root }}
+  readOnly: true
+{{- end }}
 {{- if has "cvmfs" .drivers }}
 - name: cvmfs-cache
   mountPath: {{ $v.cvmfs.cacheDir }}
@@ -77,6 +83,12 @@ Called with (dict "root" $ "drivers" (list "cvmfs" "eos")): the drivers it serve
   hostPath:
     path: /dev/fuse
     type: CharDevice
+{{- if include "hepvol.localRootApart" .root }}
+- name: local-root
+  hostPath:
+    path: {{ $v.local.root }}
+    type: DirectoryOrCreate
+{{- end }}
 {{- if has "cvmfs" .drivers }}
 - name: cvmfs-cache
   hostPath:
@@ -110,6 +122,15 @@ Called with (dict "root" $ "drivers" (list "cvmfs" "eos")): the drivers it serve
     secretName: {{ $v.eos.keytab.existingSecret | default (printf "%s-eos-keytab" $name) }}
     defaultMode: 0400
 {{- end }}
+{{- end -}}
+
+{{/* "true" when an enabled driver uses the embedded client and its root is not under the state dir. */}}
+{{- define "hepvol.localRootApart" -}}
+{{- $v := .Values -}}
+{{- $local := or (and $v.drivers.cvmfs.enabled (eq $v.cvmfs.client "local")) (and $v.drivers.eos.enabled (eq $v.eos.client "local")) -}}
+{{- if and $local (not (hasPrefix (printf "%s/" (trimSuffix "/" $v.hepvol.stateDir)) $v.local.root)) -}}
+true
+{{- end -}}
 {{- end -}}
 
 {{- define "hepvol.podPlacement" -}}
