@@ -43,8 +43,10 @@ Reply = dict[str, object]
 
 
 def reply(status: str, message: str = "", **extra: object) -> Reply:
-    """A protocol reply; the message is made one line and bounded."""
+    """A protocol reply; the message is made one printable line and bounded."""
     text = " ".join(message.split())
+    # Option keys and paths come from the request: escape what a terminal would act on.
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + "…"
     found: Reply = {"status": status}
