@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +285,49 @@ def _docker_mounts(pod: dict[str, Any], container: dict[str, Any], scratch: Path
     return argv
 
 
+@dataclass
+class ChartNode:
+    """The chart's cvmfs node container, run from the image as kubelet would run it."""
+
+    dockerd: Dockerd
+    kubelet: Path
+    argv: list[str]
+    container: str = ""
+
+    @property
+    def socket(self) -> Path:
+        return self.kubelet / "plugins" / "cvmfs.csi.cern.ch" / "csi.sock"
+
+    def channel(self) -> Any:
+        import grpc
+
+        return grpc.insecure_channel(f"unix://{self.socket}")
+
+    def _ready(self) -> bool:
+        import grpc
+
+        from csi_driver.generated import csi_pb2, csi_pb2_grpc
+
+        with self.channel() as channel:
+            try:
+                probe = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+            return bool(probe.ready.value)
+
+    def start(self) -> None:
+        self.container = self.dockerd.docker(*self.argv).stdout.strip()
+        if not wait_for(self._ready, 30, 0.2):
+            logs = self.dockerd.docker("logs", self.container, check=False)
+            raise AssertionError(f"node plugin did not start: {logs.stdout}{logs.stderr}")
+
+    def kill(self) -> None:
+        """What replacing the pod does to the old one: every process of it dies."""
+        self.dockerd.docker("rm", "-f", self.container)
+
+
 @pytest.fixture
-def chart_node(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iterator[Path]:
-    """The chart's cvmfs node container run from the image as kubelet would; yields the kubelet dir."""
+def chart_node(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iterator[ChartNode]:
     world, config = hepvol_env.workdir, hepvol_env.config
     # Short: the plugin socket's path must fit in a sockaddr_un (108 bytes).
     kubelet = Path(tempfile.mkdtemp(prefix="hvk-", dir="/tmp"))
@@ -314,14 +355,11 @@ def chart_node(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iter
         subprocess.run(["mount", "--make-shared", str(shared)], check=True)
     argv = ["run", "-d", "--network", "none", *PLUGIN_PRIVILEGES, "-e", "NODE_ID=node-1"]
     argv += [f"-e{e['name']}={e['value']}" for e in hepvol["env"] if "value" in e]
-    argv += _docker_mounts(pod, hepvol, scratch)
+    argv += [*_docker_mounts(pod, hepvol, scratch), node_image, *hepvol["args"]]
+    plugin = ChartNode(dockerd, kubelet, argv)
     try:
-        container = dockerd.docker(*argv, node_image, *hepvol["args"]).stdout.strip()
-        socket = kubelet / "plugins" / "cvmfs.csi.cern.ch" / "csi.sock"
-        if not wait_for(socket.exists, 30, 0.2):
-            logs = dockerd.docker("logs", container, check=False)
-            raise AssertionError(f"node plugin did not start: {logs.stdout}{logs.stderr}")
-        yield kubelet
+        plugin.start()
+        yield plugin
     finally:
         dockerd.remove_containers()
         for entry in sorted(MountTable().under(str(kubelet)), key=lambda e: -len(e.mount_point)):
@@ -330,41 +368,66 @@ def chart_node(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iter
         shutil.rmtree(kubelet, ignore_errors=True)
 
 
-def test_chart_node_plugin_publishes_into_kubelets_pods_dir(chart_node: Path) -> None:
-    """kubelet's calls on the socket the registrar names; the bind lands on the host."""
-    import grpc
+def _publish_request(target: Path) -> Any:
+    from csi_driver.generated import csi_pb2
 
+    capability = csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(),
+        access_mode=csi_pb2.VolumeCapability.AccessMode(
+            mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
+        ),
+    )
+    return csi_pb2.NodePublishVolumeRequest(
+        volume_id="sample", target_path=str(target), volume_capability=capability,
+        readonly=True, volume_context={"repository": SAMPLE},
+    )  # fmt: skip
+
+
+def _target(kubelet: Path) -> Path:
+    target = kubelet / "pods" / "7c1d" / "volumes" / "kubernetes.io~csi" / "sample" / "mount"
+    target.parent.mkdir(parents=True, exist_ok=True)  # kubelet makes the parent
+    return target
+
+
+def _reads(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def test_chart_node_plugin_publishes_into_kubelets_pods_dir(chart_node: ChartNode) -> None:
+    """kubelet's calls on the socket the registrar names; the bind lands on the host."""
     from csi_driver.generated import csi_pb2, csi_pb2_grpc
 
-    kubelet = chart_node
-    channel = grpc.insecure_channel(f"unix://{kubelet}/plugins/cvmfs.csi.cern.ch/csi.sock")
-    try:
-        identity = csi_pb2_grpc.IdentityStub(channel)
-        node = csi_pb2_grpc.NodeStub(channel)
-        assert identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=10).name == (
-            "cvmfs.csi.cern.ch"
-        )
-        assert identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value is True
+    target = _target(chart_node.kubelet)
+    with chart_node.channel() as channel:
+        identity, node = csi_pb2_grpc.IdentityStub(channel), csi_pb2_grpc.NodeStub(channel)
+        info = identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=10)
+        assert info.name == "cvmfs.csi.cern.ch"
         assert node.NodeGetInfo(csi_pb2.NodeGetInfoRequest(), timeout=10).node_id == "node-1"
-        target = kubelet / "pods" / "7c1d" / "volumes" / "kubernetes.io~csi" / "sample" / "mount"
-        target.parent.mkdir(parents=True)  # kubelet makes the parent, the driver the rest
-        capability = csi_pb2.VolumeCapability(
-            mount=csi_pb2.VolumeCapability.MountVolume(),
-            access_mode=csi_pb2.VolumeCapability.AccessMode(
-                mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
-            ),
-        )
-        node.NodePublishVolume(csi_pb2.NodePublishVolumeRequest(
-            volume_id="sample", target_path=str(target), volume_capability=capability,
-            readonly=True, volume_context={"repository": SAMPLE},
-        ), timeout=60)  # fmt: skip
+        node.NodePublishVolume(_publish_request(target), timeout=60)
         # Made inside the plugin's container, seen by the host (as kubelet and the
         # container runtime would see it) through Bidirectional propagation.
         assert (target / "README").read_text() == "sample trunk\n"
-        node.NodeUnpublishVolume(
-            csi_pb2.NodeUnpublishVolumeRequest(volume_id="sample", target_path=str(target)),
-            timeout=60,
-        )
-        assert not target.exists()
-    finally:
-        channel.close()
+        request = csi_pb2.NodeUnpublishVolumeRequest(volume_id="sample", target_path=str(target))
+        node.NodeUnpublishVolume(request, timeout=60)
+    assert not target.exists()
+
+
+def test_replacing_the_node_pod_repairs_published_volumes(chart_node: ChartNode) -> None:
+    """Why RollingUpdate is safe: the new pod re-serves what the old pod's death broke."""
+    from csi_driver.generated import csi_pb2, csi_pb2_grpc
+
+    target = _target(chart_node.kubelet)
+    with chart_node.channel() as channel:
+        csi_pb2_grpc.NodeStub(channel).NodePublishVolume(_publish_request(target), timeout=60)
+    assert _reads(target / "README") == "sample trunk\n"
+    chart_node.kill()
+    assert _reads(target / "README") is None  # its FUSE server died with the pod
+    chart_node.start()
+    assert wait_for(lambda: _reads(target / "README") == "sample trunk\n", 30, 0.2)
+    with chart_node.channel() as channel:
+        request = csi_pb2.NodeUnpublishVolumeRequest(volume_id="sample", target_path=str(target))
+        csi_pb2_grpc.NodeStub(channel).NodeUnpublishVolume(request, timeout=60)
+    assert not target.exists()
