@@ -8,6 +8,7 @@ config file is an error at start-up, not a silently ignored setting.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -169,6 +170,43 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
             if var in env:
                 found[f.name] = env[var]
     return found
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} as TOML")
+
+
+def dumps(config: Config) -> str:
+    """``config`` as a TOML file that :func:`load` reads back to an equal Config.
+
+    For handing a whole configuration to another process (a FlexVolume launcher,
+    a test's child process) through ``HEPVOL_CONFIG``.
+    """
+    top: list[str] = []
+    tables: list[str] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not is_dataclass(value):
+            top.append(f"{f.name} = {_toml_value(value)}")
+            continue
+        tables.append(f"\n[{f.name}]")
+        for sub in fields(value):
+            item = getattr(value, sub.name)
+            if sub.name == "instances":
+                for instance in item:
+                    rows = [f"{k} = {_toml_value(v)}" for k, v in instance.items()]
+                    tables.append(f"\n[[{f.name}.instances]]\n" + "\n".join(rows))
+                continue
+            tables.append(f"{sub.name} = {_toml_value(item)}")
+    return "\n".join(top + tables) + "\n"
 
 
 def load(

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mount_core import bind
-from mount_core.config import Config, LocalConfig
+from mount_core.config import Config, LocalConfig, dumps
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 
@@ -81,16 +81,7 @@ class HepvolEnv:
 
 
 def write_config(workdir: Path, config: Config) -> None:
-    roots = ", ".join(f'"{r}"' for r in config.target_roots)
-    (workdir / "config.toml").write_text(
-        f'state_dir = "{config.state_dir}"\n'
-        f'mount_root = "{config.mount_root}"\n'
-        f"target_roots = [{roots}]\n"
-        f"idle_unmount_seconds = {config.idle_unmount_seconds}\n"
-        f"health_interval_seconds = {config.health_interval_seconds}\n"
-        f"probe_timeout_seconds = {config.probe_timeout_seconds}\n"
-        f'[local]\nroot = "{config.local.root}"\n'
-    )
+    (workdir / "config.toml").write_text(dumps(config))
 
 
 def teardown_world(workdir: Path, pids: list[int]) -> None:

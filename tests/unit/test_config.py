@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mount_core.config import load
+from mount_core.config import dumps, load
 from mount_core.errors import ConfigError
 
 
@@ -14,7 +14,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
     path = tmp_path / "config.toml"
     path.write_text(
         'state_dir = "/srv/file-state"\nmount_root = "/srv/file-mounts"\n'
-        "idle_unmount_seconds = 5\n[local]\nroot = \"/srv/file-repos\"\n"
+        'idle_unmount_seconds = 5\n[local]\nroot = "/srv/file-repos"\n'
     )
     env = {"HEPVOL_MOUNT_ROOT": "/srv/env-mounts", "HEPVOL_LOCAL_ROOT": "/srv/env-repos"}
     config = load(str(path), env=env, overrides={"state_dir": "/srv/flag-state"})
@@ -50,9 +50,7 @@ def test_environment_forms(tmp_path: Path) -> None:
         ("state_dir = ", "not valid TOML"),
     ],
 )
-def test_bad_config_is_refused_with_the_key_named(
-    tmp_path: Path, text: str, message: str
-) -> None:
+def test_bad_config_is_refused_with_the_key_named(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "config.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
@@ -62,3 +60,16 @@ def test_bad_config_is_refused_with_the_key_named(
 def test_named_config_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load(env={"HEPVOL_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_dumps_round_trips_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'state_dir = "/srv/s"\ntarget_roots = ["/srv/a b", "/srv/\\"q\\""]\n'
+        "idle_unmount_seconds = 2.5\n[cvmfs]\nautomount = true\n"
+        '[[eos.instances]]\nname = "eospublic"\nhostport = "eospublic.cern.ch"\n'
+    )
+    config = load(str(path), env={})
+    again = tmp_path / "again.toml"
+    again.write_text(dumps(config))
+    assert load(str(again), env={}) == config
