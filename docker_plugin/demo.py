@@ -95,27 +95,32 @@ def _ensure_image() -> None:
 
 
 def show_docker_run(driver: str, repository: str, path: str = "README") -> tuple[list[str], str]:
-    """Read ``path`` of ``repository`` in a container; (command line, output or error)."""
+    """Read ``path`` of ``repository`` in a container; (command line, output or error).
+
+    The container is removed with a separate ``docker rm`` rather than ``--rm``,
+    which returns before dockerd has let go of the volume.
+    """
     _ensure_image()
-    command = ["docker", "run", "--rm", "--network", "none", "-v",
+    name = f"hepvol-demo-{os.getpid()}"
+    command = ["docker", "run", "--name", name, "--network", "none", "-v",
                f"{repository}:/cvmfs/{repository}", "--volume-driver", driver,
                IMAGE, "cat", f"/cvmfs/{repository}/{path}"]  # fmt: skip
-    result = _docker(*command[1:])
+    try:
+        result = _docker(*command[1:])
+    finally:
+        _docker("rm", "-f", name)
     return command, result.stdout if result.returncode == 0 else result.stderr
 
 
-def remove_volume(name: str) -> None:
+def remove_volume(driver: str, name: str) -> None:
     """Forget the demo's volume in dockerd before the plugin stops.
 
     A volume whose driver has gone makes every later ``docker volume ls`` wait for
-    the vanished socket.
+    the vanished socket. Only an existing volume is removed: dockerd asks every
+    driver it ever used about an unknown name.
     """
     if shutil.which("docker") is None:
         return
-    # `docker run --rm` returns before dockerd has removed the container and
-    # unmounted its volumes: until then the volume is in use.
-    deadline = time.monotonic() + 15
-    while _docker("volume", "rm", "-f", name, timeout=30).returncode != 0:
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.2)
+    listed = _docker("volume", "ls", "-q", "-f", f"driver={driver}", timeout=30).stdout.split()
+    if name in listed:
+        _docker("volume", "rm", name, timeout=60)

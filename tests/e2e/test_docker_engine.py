@@ -233,11 +233,11 @@ def test_make_run_demo_reads_the_sample_through_docker(
         command, output = demo.show_docker_run(driver, SAMPLE)
         assert output == "sample trunk\n"
         assert f"{SAMPLE}:/cvmfs/{SAMPLE}" in command
-        demo.remove_volume(SAMPLE)
+        demo.remove_volume(driver, SAMPLE)
         assert dockerd.docker("volume", "ls", "-q", "-f", f"driver={driver}").stdout == ""
     finally:
         dockerd.remove_containers()
-        demo.remove_volume(SAMPLE)
+        demo.remove_volume(driver, SAMPLE)
         demo.stop(process)
     assert process.returncode is not None
 
