@@ -32,12 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from docker_plugin.serve import exec_lean
     from docker_plugin.settings import PLUGIN_DIR, Settings
+    from mount_core.manager import check_private_dir
 
     name = args.name or args.driver
     if not _DRIVER_NAME.match(name):
         raise ConfigError(f"driver name {name!r}: use 1-63 of a-z 0-9 . _ - (e.g. cvmfs)")
     if args.threads < 1:
         raise ConfigError("--threads must be at least 1")
+    # Here, for a one-line error: in the gunicorn worker it is a traceback and exit 3.
+    check_private_dir(config.state_dir)
     socket_path = os.path.abspath(args.socket or os.path.join(PLUGIN_DIR, f"{name}.sock"))
     settings = Settings(
         driver=name,

@@ -70,11 +70,14 @@ class Call:
 
         from mount_core import config, logs
         from mount_core.errors import StateError
-        from mount_core.manager import MountManager
+        from mount_core.manager import MountManager, check_private_dir
 
         settings = config.load(self.config_path)
+        # Before the log is opened: in a state dir others can write, a planted
+        # logs/ symlink would have root append to a file of their choosing.
         log_dir = os.path.join(settings.state_dir, "logs")
         try:
+            check_private_dir(settings.state_dir)
             os.makedirs(log_dir, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StateError(
@@ -105,7 +108,10 @@ class Call:
         try:
             options = json.loads(raw)
         except ValueError as exc:
-            raise InvalidSpec("mount options", raw, f"are not valid JSON ({exc})") from None
+            # Not the text itself: it may hold the base64 of a kubernetes.io/secret/*.
+            raise InvalidSpec(
+                "mount options", f"<{len(raw)} bytes>", f"are not valid JSON ({exc})"
+            ) from None
         request = parse(self.backend, options)
         target = targets.normalize(target)  # a clear message before anything else sees it
         start = time.perf_counter()
