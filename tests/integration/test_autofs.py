@@ -42,14 +42,6 @@ def _automount_pid(env: HepvolEnv) -> int | None:
     return pid
 
 
-def _other_automount_running() -> bool:
-    try:
-        pid = int(Path("/run/autofs-running").read_text())
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"automount")
-    except (OSError, ValueError):
-        return False
-
-
 @pytest.fixture
 def autofs(
     hepvol_env: HepvolEnv, tmp_path: Path, request: pytest.FixtureRequest
@@ -61,11 +53,10 @@ def autofs(
     root = hepvol_env.config.cvmfs.root
     overlaid: list[str] = []
     try:
-        if _other_automount_running():
-            # automount allows one daemon per machine (flag file in /run): give this
-            # namespace its own /run so a machine's autofs service does not stop the test.
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
-            overlaid.append("/run")
+        # automount keeps a one-per-machine flag file and its fifos in /run: a /run
+        # of this namespace's own keeps the machine's /run (and autofs service) apart.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"], check=True)
+        overlaid.append("/run")
         upper, work = tmp_path / "sbin-upper", tmp_path / "sbin-work"
         upper.mkdir()
         work.mkdir()
@@ -83,8 +74,6 @@ def autofs(
         for entry in sorted(MountTable().under(root), key=lambda e: -len(e.mount_point)):
             with contextlib.suppress(OSError):
                 bind.unmount(entry.mount_point, lazy=True)
-        with contextlib.suppress(OSError):
-            os.unlink("/run/autofs.fifo" + root.replace("/", "-"))
         for path in reversed(overlaid):
             bind.unmount(path, lazy=True)
 

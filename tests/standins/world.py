@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mount_core.config import CvmfsConfig, EosConfig
+from mount_core.config import CvmfsConfig, EosConfig, dumps
 from tests.conftest import REPO, HepvolEnv
 
 SITE_DEFAULT_CONF = """\
@@ -136,25 +136,5 @@ def install(
         client="eosxd", eosxd=str(eosxd), config_dir=str(s.eos_config_dir), instances=instances
     )
     env.config = replace(env.config, cvmfs=cvmfs, eos=eos).validate()
-    with open(env.workdir / "config.toml", "a", encoding="utf-8") as handle:
-        handle.write(_toml(cvmfs, eos))
+    (env.workdir / "config.toml").write_text(dumps(env.config))
     return s
-
-
-def _toml(cvmfs: CvmfsConfig, eos: EosConfig) -> str:
-    lines = ["[cvmfs]"]
-    for key, value in vars(cvmfs).items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    lines.append("[eos]")
-    for key, value in vars(eos).items():
-        if key != "instances":
-            lines.append(f"{key} = {json.dumps(value)}")
-    for instance in eos.instances:
-        lines.append("[[eos.instances]]")
-        for key, value in instance.items():
-            if isinstance(value, dict):
-                inner = ", ".join(f'"{k}" = {json.dumps(v)}' for k, v in value.items())
-                lines.append(f"{key} = {{ {inner} }}")
-            else:
-                lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
