@@ -185,11 +185,11 @@ class EosxdBackend(Backend):
         return VolumeSpec.from_public(data, credential)
 
     def owns(self, entry: MountEntry) -> bool:
-        if entry.fstype not in FSTYPES:
-            return False
+        # eosxd versions differ in what mountinfo shows (type fuse or fuse.eosxd, the
+        # fsname or host:path as source), so the place decides: our mount root, our key.
         parent, key = os.path.split(entry.mount_point)
         return (
-            parent == os.path.normpath(self.mount_root)
+            entry.fstype in FSTYPES
+            and parent == os.path.normpath(self.mount_root)
             and key.startswith(KEY_PREFIX)
-            and entry.source == self.fsname(key)
         )
