@@ -27,7 +27,7 @@ def plugin(hepvol_env: HepvolEnv, dockerd: Dockerd) -> Iterator[Plugin]:
 
 @pytest.fixture
 def plugin_with_grace(hepvol_env: HepvolEnv, dockerd: Dockerd) -> Iterator[Plugin]:
-    yield from make_plugin(hepvol_env, dockerd, idle=1.5)
+    yield from make_plugin(hepvol_env, dockerd, idle=4.0)
 
 
 def _volume(plugin: Plugin, name: str) -> list[str]:
@@ -59,7 +59,7 @@ def test_created_volume_shows_the_repository_in_a_container(plugin: Plugin) -> N
         ["--mount", mount], "sh", "-c", f"echo x > /cvmfs/{SAMPLE}/new", check=False
     )
     assert "Read-only file system" in refused
-    assert plugin.backings() == [], "the last container leaving released the backing mount"
+    assert wait_for(lambda: plugin.backings() == []), "the last container released the mount"
 
 
 def test_pinned_tag_volume_shows_the_tag(plugin: Plugin) -> None:
@@ -115,9 +115,9 @@ def test_container_keeps_reading_when_the_plugin_is_killed(plugin: Plugin) -> No
     assert SAMPLE in docker("volume", "ls", "-q", "-f", f"driver={plugin.driver}").stdout.split()
     assert plugin.driver in docker("volume", "inspect", SAMPLE).stdout
     assert plugin.run(_volume(plugin, SAMPLE), "cat", f"/cvmfs/{SAMPLE}/README") == "sample trunk\n"
-    assert _consumers(plugin) == {SAMPLE: 1}, "the reader's hold survived the crash"
+    assert wait_for(lambda: _consumers(plugin) == {SAMPLE: 1}), "the reader's hold survived"
     docker("rm", "-f", reader)
-    assert plugin.backings() == []
+    assert wait_for(lambda: plugin.backings() == [])
 
 
 def test_volumes_are_still_listed_after_dockerd_restarts(plugin: Plugin) -> None:
@@ -219,7 +219,7 @@ def test_eos_volume_shows_its_path_in_a_container(eos_plugin: Plugin) -> None:
     implicit = plugin.run(["-v", "nothing-given:/data", "--volume-driver", plugin.driver], "true",
                           check=False)  # fmt: skip
     assert "instance" in implicit and "is required for EOS volumes" in implicit
-    assert plugin.backings() == []
+    assert wait_for(lambda: plugin.backings() == [])
 
 
 def test_make_run_demo_reads_the_sample_through_docker(
