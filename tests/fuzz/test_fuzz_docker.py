@@ -46,6 +46,8 @@ METHODS = (
 #: Replies that never carry ``Err`` (the handshake).
 NO_ERR = {"Plugin.Activate", "VolumeDriver.Capabilities"}
 EOS_INSTANCE = "eosdemo"
+#: A repository no fuzz case names, mounted once the fuzzing is over.
+AFTER = "after.hepvol.org"
 
 
 @pytest.fixture(params=["cvmfs", "eos"])
@@ -54,6 +56,7 @@ def plugin(
 ) -> Iterator[Plugin]:
     """A live plugin daemon; no Docker engine (the fuzz cases are dockerd)."""
     hepvol_env.make_repo(EOS_INSTANCE, {"experiment/file.txt": "eos file\n"})
+    hepvol_env.make_repo(AFTER, {"README": "after\n"})
     no_engine = Dockerd(tmp_path / "no-engine")
     yield from make_plugin(hepvol_env, no_engine, backend=request.param)
 
@@ -122,6 +125,9 @@ def check_case(plugin: Plugin, snapshot: WorldSnapshot, method: str, body: bytes
     else:
         assert status == 200, (status, reply)
         assert err == ("" if method not in NO_ERR else None), reply
+    mountpoint = reply.get("Mountpoint")
+    if mountpoint:  # dockerd binds whatever path it gets: only ever a backing mount
+        assert mountpoint.startswith(plugin.env.config.mount_root + "/"), mountpoint
     try:
         sent = json.loads(body)
     except ValueError:
@@ -161,3 +167,11 @@ def test_random_bodies_to_every_endpoint(plugin: Plugin, hepvol_env: HepvolEnv) 
     for volume in listed:
         assert not hostile_name(volume["Name"]), volume
     snapshot.check_ledger_matches_targets()
+    # Still working, not only alive: a real volume mounts and reads.
+    opts = {"instance": EOS_INSTANCE, "path": "/experiment"} if plugin.backend == "eos" else {}
+    name = "after-fuzz" if plugin.backend == "eos" else AFTER
+    assert plugin.call("VolumeDriver.Create", {"Name": name, "Opts": opts}) == {"Err": ""}
+    mounted = plugin.call("VolumeDriver.Mount", {"Name": name, "ID": "last"})
+    readable = "file.txt" if plugin.backend == "eos" else "README"
+    assert Path(str(mounted["Mountpoint"]), readable).exists(), mounted
+    assert plugin.call("VolumeDriver.Unmount", {"Name": name, "ID": "last"}) == {"Err": ""}
