@@ -34,6 +34,22 @@ OWNED_KEYS = (
     "CVMFS_CONFIG_REPOSITORY",
 )
 
+#: The only keys a volume's clientConfig may set: network and cache tuning. A
+#: clientConfig comes from whoever writes the pod (FlexVolume options, inline CSI
+#: volumes), while cvmfs2 runs as root: keys naming host paths, users, helper
+#: programs or trust anchors (CVMFS_DEBUGLOG, CVMFS_USYSLOG, CVMFS_USER,
+#: CVMFS_AUTHZ_HELPER, CVMFS_KEYS_DIR, CVMFS_SUID, ...) stay the site's.
+VOLUME_KEYS = (
+    "CVMFS_HTTP_PROXY", "CVMFS_FALLBACK_PROXY", "CVMFS_PAC_URLS", "CVMFS_SERVER_URL",
+    "CVMFS_USE_GEOAPI", "CVMFS_USE_CDN", "CVMFS_TIMEOUT", "CVMFS_TIMEOUT_DIRECT",
+    "CVMFS_MAX_RETRIES", "CVMFS_BACKOFF_INIT", "CVMFS_BACKOFF_MAX", "CVMFS_LOW_SPEED_LIMIT",
+    "CVMFS_PROXY_RESET_AFTER", "CVMFS_HOST_RESET_AFTER", "CVMFS_MAX_IPADDR_PER_PROXY",
+    "CVMFS_IPFAMILY_PREFER", "CVMFS_DNS_RETRIES", "CVMFS_DNS_TIMEOUT", "CVMFS_DNS_MIN_TTL",
+    "CVMFS_DNS_MAX_TTL", "CVMFS_KCACHE_TIMEOUT", "CVMFS_MAX_TTL", "CVMFS_AUTO_UPDATE",
+    "CVMFS_FOLLOW_REDIRECTS", "CVMFS_SEND_INFO_HEADER", "CVMFS_QUOTA_LIMIT",
+    "CVMFS_MEMCACHE_SIZE", "CVMFS_NFILES", "CVMFS_CLIENT_PROFILE",
+)  # fmt: skip
+
 
 def site_files(config_dir: str, repository: str) -> list[str]:
     """The site's config files for ``repository``, in the order the client reads them."""
@@ -96,6 +112,13 @@ def volume_settings(spec: VolumeSpec) -> dict[str, str]:
                 name,
                 "is set by hepvol for private mounts; pin with the tag, hash or date options "
                 f"and leave out {', '.join(OWNED_KEYS)}",
+            )
+        if name not in VOLUME_KEYS:
+            raise InvalidSpec(
+                "clientConfig",
+                name,
+                "cannot be set per volume (host paths, users and programs are the site's); "
+                f"a volume may set {', '.join(VOLUME_KEYS)}",
             )
     return values
 

@@ -20,6 +20,7 @@ from tests.conftest import SAMPLE, HepvolEnv, hepvol_cli
 from tests.e2e.dockerd import Dockerd, make_plugin
 from tests.integration.test_csi_node import mounts_under, start_csi
 from tests.integration.test_flexvolume import Kubelet, kubelet_options
+from tests.standins.world import install
 
 REFUSAL = "is writable by a user other than root"
 
@@ -143,3 +144,26 @@ def test_csi_refuses_targets_outside_the_roots_or_through_symlinks(hepvol_env: H
         assert hostile.untouched()
         assert mounts_under(hepvol_env) == []
         assert hepvol_env.manager().ledger.consumers() == []
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["CVMFS_DEBUGLOG=/etc/hepvol-pwn", "CVMFS_USER=root", "CVMFS_AUTHZ_HELPER=/bin/sh",
+     "CVMFS_KEYS_DIR=/tmp", "CVMFS_SUID=yes"],
+)  # fmt: skip
+def test_a_pods_client_config_cannot_name_host_paths_users_or_programs(
+    hepvol_env: HepvolEnv, setting: str
+) -> None:
+    install(hepvol_env)  # the cvmfs2 client (stand-in): it reads the generated config
+    kubelet = Kubelet(hepvol_env)
+    pod = kubelet.pod_dir()
+    proxy = "CVMFS_HTTP_PROXY=http://squid.example.org:3128"
+    options = kubelet_options(repository=SAMPLE, clientConfig=f"{proxy}\n{setting}\n")
+    reply = kubelet.mount(pod, options)
+    assert reply["status"] == "Failure", reply
+    assert f'invalid clientConfig "{setting.split("=")[0]}"' in reply["message"]
+    assert kubelet.mounts() == [] and kubelet.status() == []
+    assert not Path("/etc/hepvol-pwn").exists()
+    allowed = kubelet.mount(pod, kubelet_options(repository=SAMPLE, clientConfig=proxy))
+    assert allowed["status"] == "Success", allowed
+    assert kubelet.unmount(pod)["status"] == "Success"
