@@ -50,6 +50,13 @@ def check_name(name: object) -> str:
     return name
 
 
+def check_mount_id(ident: str) -> str:
+    """Refuse mount IDs dockerd never sends (it sends 64 hex digits); they become ledger keys."""
+    if len(ident) > NAME_MAX or not ident.isprintable():
+        raise InvalidSpec("mount ID", ident, "use at most 255 printable characters")
+    return ident
+
+
 def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
@@ -193,7 +200,9 @@ class DockerVolumes:
         check_name(name)
         spec = self.spec(name)
         self._wait_ready()
-        consumer = Consumer("docker", ident, {"driver": self.driver, "volume": name})
+        consumer = Consumer(
+            "docker", check_mount_id(ident), {"driver": self.driver, "volume": name}
+        )
         return self.manager.acquire(spec, consumer)
 
     def unmount(self, name: str, ident: str) -> None:

@@ -113,6 +113,10 @@ def hostile_name(name: object) -> bool:
     )
 
 
+def hostile_id(ident: object) -> bool:
+    return isinstance(ident, str) and (len(ident) > NAME_MAX or not ident.isprintable())
+
+
 def check_case(plugin: Plugin, snapshot: WorldSnapshot, method: str, body: bytes) -> None:
     status, content_type, raw = post_raw(plugin, method, body)
     assert content_type == CONTENT_TYPE, (status, raw[:200])
@@ -138,6 +142,8 @@ def check_case(plugin: Plugin, snapshot: WorldSnapshot, method: str, body: bytes
         and hostile_name(sent.get("Name"))
     ):
         assert status == 500, f"hostile name {sent['Name']!r} was accepted"
+    if isinstance(sent, dict) and method == "VolumeDriver.Mount" and hostile_id(sent.get("ID")):
+        assert status == 500, f"mount ID {sent['ID']!r} was accepted"
     assert plugin.answers(), "the plugin must survive every request"
     snapshot.check()
 
