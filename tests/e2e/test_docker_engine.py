@@ -236,9 +236,11 @@ def test_make_run_demo_reads_the_sample_through_docker(
         demo.remove_volume(driver, SAMPLE)
         assert dockerd.docker("volume", "ls", "-q", "-f", f"driver={driver}").stdout == ""
     finally:
-        dockerd.remove_containers()
-        demo.remove_volume(driver, SAMPLE)
-        demo.stop(process)
+        try:
+            dockerd.remove_containers()
+            demo.remove_volume(driver, SAMPLE)
+        finally:
+            demo.stop(process)
     assert process.returncode is not None
 
 
