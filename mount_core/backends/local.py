@@ -12,6 +12,8 @@ import contextlib
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
 
 from mount_core import bind
 from mount_core.backends.base import Backend
@@ -62,12 +64,50 @@ class LocalBackend(Backend):
     def pidfile(self, path: str) -> str:
         return os.path.join(self.run_dir, os.path.basename(path) + ".pid")
 
+    @contextlib.contextmanager
+    def _starting(self, path: str) -> Iterator[int]:
+        """Hold ``<run dir>/<name>.starting``, which a server holds until it is ready.
+
+        A server outlives the process that started it; if that process dies (a
+        killed daemon or FlexVolume call) while the server is still starting, the
+        next mount or unmount of the path waits for that server to finish instead
+        of racing it (two servers stacked on one path, or a mount made after the
+        path was given up).
+        """
+        import fcntl
+
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.pidfile(path)[: -len(".pid")] + ".starting",
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # fmt: skip
+        try:
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise MountTimeout(
+                            f"a FUSE server starting on {path} was not ready within "
+                            f"{self.timeout:g} s (mount_timeout_seconds)"
+                        ) from None
+                    time.sleep(0.05)
+            yield fd
+        finally:
+            os.close(fd)
+
     def mount(self, spec: VolumeSpec, path: str) -> None:
+        with self._starting(path) as starting:
+            entry = MountTable().at(path)
+            if entry is not None and self.owns(entry):
+                return  # a server whose starter died finished starting: adopt it
+            self._start_server(spec, path, starting)
+
+    def _start_server(self, spec: VolumeSpec, path: str, starting: int) -> None:
         import subprocess  # here: a FlexVolume call on a mounted volume never needs it
 
         source = self.source_dir(spec)
-        for directory in (self.run_dir, self.log_dir):
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         os.makedirs(path, mode=0o755, exist_ok=True)
         pidfile = self.pidfile(path)
         command = [
@@ -75,6 +115,7 @@ class LocalBackend(Backend):
             "--fsname", FSNAME_PREFIX + spec.key,
             "--pidfile", pidfile,
             "--log", os.path.join(self.log_dir, f"localfs-{spec.key}.log"),
+            "--hold-fd", str(starting),
             source, path,
         ]  # fmt: skip
         try:
@@ -85,6 +126,7 @@ class LocalBackend(Backend):
                 timeout=self.timeout,
                 check=False,
                 text=True,
+                pass_fds=(starting,),
             )
         except subprocess.TimeoutExpired:
             self._kill(pidfile)
@@ -103,12 +145,13 @@ class LocalBackend(Backend):
             )
 
     def unmount(self, path: str) -> None:
-        try:
-            bind.unmount(path)
-        except OSError:
-            bind.unmount(path, lazy=True)
-        # The server exits when its mount goes; a dead or hung one is cleared here.
-        self._kill(self.pidfile(path))
+        with self._starting(path):
+            try:
+                bind.unmount(path)
+            except OSError:
+                bind.unmount(path, lazy=True)
+            # The server exits when its mount goes; a dead or hung one is cleared here.
+            self._kill(self.pidfile(path))
 
     def _kill(self, pidfile: str) -> None:
         try:

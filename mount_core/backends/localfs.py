@@ -11,6 +11,7 @@ ENOTCONN, exactly like a crashed cvmfs2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import signal
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pidfile")
     parser.add_argument("--log")
     parser.add_argument("--foreground", action="store_true")
+    parser.add_argument("--hold-fd", type=int, help="inherited descriptor to close once ready "
+                        "(the starter's lock: nobody mounts or unmounts the path meanwhile)")  # fmt: skip
     args = parser.parse_args(argv)
     if not os.path.isdir(args.source):
         print(f"source {args.source} is not a directory", file=sys.stderr)
@@ -232,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(message, file=sys.stderr)
             return 1
     if ready >= 0:
-        os.write(ready, b"ok")
+        # The starter may have died meanwhile: the server still serves (adopted later).
+        with contextlib.suppress(OSError):
+            os.write(ready, b"ok")
         os.close(ready)
+    if args.hold_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(args.hold_fd)
     try:
         trio.run(_serve)
     finally:
