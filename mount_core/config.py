@@ -57,6 +57,7 @@ class Config:
     state_dir: str = "/var/lib/hepvol"
     mount_root: str = "/var/lib/hepvol/mounts"
     target_roots: tuple[str, ...] = ("/var/lib/kubelet",)
+    server_cgroups: tuple[str, ...] = ()
     idle_unmount_seconds: float = 0.0
     health_interval_seconds: float = 10.0
     mount_timeout_seconds: float = 30.0
@@ -91,6 +92,8 @@ class Config:
             raise ConfigError(f"cvmfs.client is {self.cvmfs.client!r}: use 'local' or 'cvmfs2'")
         if self.eos.client not in ("local", "eosxd"):
             raise ConfigError(f"eos.client is {self.eos.client!r}: use 'local' or 'eosxd'")
+        for directory in self.server_cgroups:
+            _absolute("server_cgroups", directory)
         for name in ("idle_unmount_seconds", "health_interval_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more")

@@ -23,6 +23,7 @@ class Backends:
                 config.mount_timeout_seconds,
             ),
         }  # fmt: skip
+        self._by_name["local"].server_cgroups = config.server_cgroups
         if config.cvmfs.client == "cvmfs2":
             from mount_core.backends.cvmfs import Cvmfs2Backend
 
@@ -41,6 +42,7 @@ class Backends:
             backend.check_available()
 
     def register(self, backend: Backend) -> None:
+        backend.server_cgroups = self.config.server_cgroups
         self._by_name[backend.name] = backend
 
     def for_spec(self, spec: VolumeSpec) -> Backend:

@@ -43,6 +43,8 @@ class Automounter:
         self.map = os.path.join(self.dir, "auto.cvmfs")
         self.pidfile = os.path.join(self.dir, "automount.pid")
         self.locks = LockDir(state_dir)
+        #: automount must outlive a containerised daemon like the FUSE servers.
+        self.server_cgroups: tuple[str, ...] = ()
 
     # Files --------------------------------------------------------------------
 
@@ -89,7 +91,10 @@ class Automounter:
             os.makedirs(self.root, mode=0o755, exist_ok=True)
             adopting = self.root_mounted()
             result = run_client(
-                [self.program, "-p", self.pidfile, self.master], timeout=self.wait, what=self.root
+                [self.program, "-p", self.pidfile, self.master],
+                timeout=self.wait,
+                what=self.root,
+                server_cgroups=self.server_cgroups,
             )
             said = (result.stderr.strip().splitlines() or [""])[-1]
             if "already running" in said:

@@ -22,6 +22,8 @@ class Backend(ABC):
 
     #: Implementation name stored in the ledger (``local``, ``cvmfs2``, ``eosxd``…).
     name: str = ""
+    #: Cgroups the FUSE servers are started in (see :mod:`mount_core.cgroups`).
+    server_cgroups: tuple[str, ...] = ()
 
     def __init__(self, mount_root: str) -> None:
         self.mount_root = mount_root

@@ -84,6 +84,7 @@ class Cvmfs2Backend(Backend):
                 config.state_dir,
                 config.mount_timeout_seconds,
             )
+            self.automounter.server_cgroups = config.server_cgroups
 
     def check_available(self) -> None:
         require_executable(self.settings.mount_helper, INSTALL)
@@ -138,7 +139,9 @@ class Cvmfs2Backend(Backend):
     def _mount_system(self, spec: VolumeSpec, path: str) -> None:
         assert spec.repository is not None
         argv = [self.settings.mount_helper, spec.repository, path]
-        result = run_client(argv, timeout=self.timeout, what=spec.source)
+        result = run_client(
+            argv, timeout=self.timeout, what=spec.source, server_cgroups=self.server_cgroups
+        )
         if result.returncode != 0:
             hint = _ALREADY_MOUNTED_HINT if "already mounted" in result.stderr else ""
             raise failure(spec.source, result, hint, CVMFS_EXIT_CODES)
@@ -155,7 +158,9 @@ class Cvmfs2Backend(Backend):
             handle.write(text)
         os.replace(config_file + ".new", config_file)
         argv = [self.settings.cvmfs2, "-o", f"config={config_file}", spec.repository, path]
-        result = run_client(argv, timeout=self.timeout, what=spec.source)
+        result = run_client(
+            argv, timeout=self.timeout, what=spec.source, server_cgroups=self.server_cgroups
+        )
         if result.returncode != 0:
             raise failure(spec.source, result)
 

@@ -99,7 +99,9 @@ class EosxdBackend(Backend):
         try:
             self._write_config(instance, spec.key, path, credential)
             argv = [self.settings.eosxd, f"-ofsname={self.fsname(spec.key)}", path]
-            result = run_client(argv, timeout=self.timeout, what=spec.source)
+            result = run_client(
+                argv, timeout=self.timeout, what=spec.source, server_cgroups=self.server_cgroups
+            )
             if result.returncode != 0:
                 raise failure(spec.source, result)
             entry = MountTable().at(path)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from mount_core import bind
+from mount_core import bind, cgroups
 from mount_core.errors import MountFailed, MountTimeout, Unavailable
 
 #: The client's own failure line, e.g. ``Failed to mount (16 - file catalog failure)``.
@@ -34,12 +34,19 @@ def client_message(output: str) -> str:
 
 
 def run_client(
-    argv: Sequence[str], *, timeout: float, what: str
+    argv: Sequence[str], *, timeout: float, what: str, server_cgroups: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """Run a client command to completion within ``timeout`` seconds."""
+    """Run a client command to completion within ``timeout`` seconds.
+
+    A client that leaves a FUSE server behind is started in ``server_cgroups``.
+    """
+    command = list(argv)
+    # Behind the cgroup wrapper a missing client would be the wrapper's failure.
+    if server_cgroups and not os.path.isfile(command[0]):
+        raise Unavailable(f"cannot mount {what}: {command[0]} is not installed")
     try:
         return subprocess.run(
-            list(argv),
+            cgroups.wrap(command, server_cgroups),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

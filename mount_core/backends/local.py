@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from mount_core import bind
+from mount_core import bind, cgroups
 from mount_core.backends.base import Backend
 from mount_core.errors import MountFailed, MountTimeout, NotFound, Unavailable
 from mount_core.mountinfo import MountEntry, MountTable
@@ -120,7 +120,7 @@ class LocalBackend(Backend):
         ]  # fmt: skip
         try:
             result = subprocess.run(
-                command,
+                cgroups.wrap(command, self.server_cgroups),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=self.timeout,
