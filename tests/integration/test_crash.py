@@ -129,7 +129,8 @@ def test_kill_9_during_publish(hepvol_env: HepvolEnv, point: str, first: bool) -
 
 @pytest.mark.parametrize(
     ("point", "last"),
-    [(p, True) for p in UNBIND_POINTS + BACKING_UNMOUNT_POINTS] + [(p, False) for p in UNBIND_POINTS],
+    [(p, True) for p in UNBIND_POINTS + BACKING_UNMOUNT_POINTS]
+    + [(p, False) for p in UNBIND_POINTS],
 )
 def test_kill_9_during_unpublish(hepvol_env: HepvolEnv, point: str, last: bool) -> None:
     manager = hepvol_env.manager()

@@ -66,8 +66,13 @@ def test_background_loop_repairs_without_being_asked(hepvol_env: HepvolEnv) -> N
     monitor.start()
     try:
         os.kill(hepvol_env.server_pids()[0], signal.SIGKILL)
-        assert wait_for(lambda: all(_readme_errno(t) == 0 for t in targets)
-                        and hepvol_env.manager().status()[0].condition == HEALTHY, timeout=5)
+        assert wait_for(
+            lambda: (
+                all(_readme_errno(t) == 0 for t in targets)
+                and hepvol_env.manager().status()[0].condition == HEALTHY
+            ),
+            timeout=5,
+        )
     finally:
         monitor.stop()
 
