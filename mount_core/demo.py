@@ -1,16 +1,19 @@
-"""``hepvol demo``: the core end to end on the embedded backend, for a first look.
+"""``hepvol demo`` (``make run``): everything on the embedded backend, for a first look.
 
-Creates a sample repository, mounts it through the core, publishes it at a
-target, lists and reads it from there, shows ``hepvol status``, and keeps it all
-up until Ctrl-C; then unpublishes and checks that nothing is left mounted.
+Creates a sample repository and shows it served four ways: through the core
+directly (mount, publish at a target, list and read it), through the FlexVolume
+driver as kubelet calls it, through the CSI node server (a NodePublishVolume),
+and through the Docker volume plugin (``docker run -v`` when a Docker engine
+answers). Prints ``hepvol status`` and keeps it all up until Ctrl-C; then takes
+everything down and checks that nothing is left mounted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
-import sys
 import threading
 from dataclasses import replace
 
@@ -69,16 +72,9 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
-    config = demo_config(config, os.path.abspath(args.workdir))
-    os.makedirs(config.target_roots[0], exist_ok=True)
-    make_sample(config.local.root)
-    manager = MountManager(config)
-    manager.reconcile()
+def _show_core(manager: MountManager, target: str) -> None:
     spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
-    target = os.path.join(config.target_roots[0], SAMPLE)
-    consumer = Consumer("cli", "demo")
-    manager.publish(spec, consumer, target)
+    manager.publish(spec, Consumer("cli", "demo"), target)
     entry = MountTable().at(target)
     print(f"published {SAMPLE} at {target}")
     print(f"  mount: {entry.fstype if entry else '?'} {entry.options if entry else ''}")
@@ -88,12 +84,56 @@ def run(args: argparse.Namespace, config: Config) -> int:
             print("  " + os.path.relpath(os.path.join(directory, name), target))
     with open(os.path.join(target, "README")) as handle:
         print(f"$ cat {target}/README\n  " + handle.read().strip())
-    print("$ hepvol status\n" + as_table(manager.status()))
-    sys.stdout.flush()
-    if not args.once:
-        print("Serving until Ctrl-C …", flush=True)
-        _wait_for_signal()
-    manager.unpublish(target)
-    left = list(MountTable().under(args.workdir))
+
+
+def _show_docker(config: Config, stack: contextlib.ExitStack) -> None:
+    from docker_plugin import demo as docker_demo
+
+    process = docker_demo.start(config, "cvmfs")
+    stack.callback(docker_demo.stop, process)
+    print("Docker volume plugin 'cvmfs' on /run/docker/plugins/cvmfs.sock")
+    if not docker_demo.engine_available():
+        print("  no Docker engine answers here: start dockerd, then try\n"
+              f"  docker run --rm -v {SAMPLE}:/cvmfs/{SAMPLE} --volume-driver cvmfs IMAGE "
+              f"cat /cvmfs/{SAMPLE}/README")  # fmt: skip
+        return
+    stack.callback(docker_demo.remove_volume, "cvmfs", SAMPLE)
+    command, output = docker_demo.show_docker_run("cvmfs", SAMPLE)
+    print("$ " + " ".join(command) + "\n  " + output.strip())
+
+
+def _section(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from csi_driver import demo as csi_demo
+    from flexvolume import showcase
+
+    workdir = os.path.abspath(args.workdir)
+    config = demo_config(config, workdir)
+    os.makedirs(config.target_roots[0], exist_ok=True)
+    make_sample(config.local.root)
+    manager = MountManager(config)
+    manager.reconcile()
+    target = os.path.join(config.target_roots[0], SAMPLE)
+    ok = True
+    with contextlib.ExitStack() as stack:
+        stack.callback(manager.unpublish, target)
+        _section("the core: mount, publish, read")
+        _show_core(manager, target)
+        _section("Kubernetes FlexVolume: kubelet's calls replayed against cern/cvmfs")
+        ok = showcase.show(config, workdir) and ok
+        _section("Kubernetes CSI: node server and a NodePublishVolume")
+        csi = csi_demo.start(config, workdir, SAMPLE)
+        stack.callback(csi.stop)
+        _section("Docker: the volume plugin")
+        _show_docker(config, stack)
+        _section("hepvol status")
+        print(as_table(manager.status()), flush=True)
+        if not args.once:
+            print("\nServing until Ctrl-C …", flush=True)
+            _wait_for_signal()
+    left = list(MountTable().under(workdir))
     print("cleaned up: " + ("nothing left mounted" if not left else f"{len(left)} mounts left!"))
-    return 0 if not left else 1
+    return 0 if ok and not left else 1
