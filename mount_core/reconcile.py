@@ -155,9 +155,12 @@ def reconcile(manager: MountManager) -> Report:
             except HepvolError as exc:
                 report.failed[row.key] = str(exc)
                 manager.ledger.set_condition(row.key, FAILED, str(exc))
+    # The mount table first, the ledger second: every mount is recorded (as intent)
+    # before it is made, so a mount made meanwhile by another process is either
+    # missing from this table or already known to the ledger, never an "orphan".
+    table = MountTable()
     known = {r.path for r in manager.ledger.backings()}
     targets_known = {c.target for c in manager.ledger.consumers() if c.target}
-    table = MountTable()
     for entry in reversed(table.entries):
         if manager.backends.owner_of(entry) is None:
             continue
