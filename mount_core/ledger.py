@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mount_core.errors import Busy, Conflict, StateError
+from mount_core.locks import LockDir
 
 SCHEMA_VERSION = 1
 
@@ -126,8 +127,12 @@ class Ledger:
     def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._busy_timeout = busy_timeout
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            # Writers of all processes queue on a lock file: SQLite's own busy handler
+            # sleeps up to 100 ms between tries, which parallel FlexVolume calls feel.
+            self._writers = LockDir(os.path.dirname(path))
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -145,6 +150,8 @@ class Ledger:
             self._db.close()
 
     def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the usual case, answered without taking the write lock
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -161,7 +168,7 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, taken up front (``BEGIN IMMEDIATE``) to avoid upgrade deadlocks."""
-        with self._lock:
+        with self._lock, self._writers.hold("ledger", self._busy_timeout):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mount_core.errors import Busy
+from mount_core.errors import Busy, StateError
 
 
 class _SharedLock:
@@ -91,9 +91,14 @@ class LockDir:
         if not local.acquire(shared, timeout):
             raise Busy(f"another operation on {key} is in progress; try again")
         try:
-            fd = os.open(
-                os.path.join(self.path, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            try:
+                fd = os.open(
+                    os.path.join(self.path, key + ".lock"),
+                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError as exc:
+                raise StateError(f"cannot open the lock file of {key}: {exc.strerror}") from None
             try:
                 mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
                 delay = 0.001
@@ -107,7 +112,7 @@ class LockDir:
                                 f"another process is operating on {key}; try again"
                             ) from None
                         time.sleep(delay)
-                        delay = min(delay * 2, 0.02)
+                        delay = min(delay * 2, 0.005)
                 yield
             finally:
                 os.close(fd)
