@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -71,8 +72,17 @@ def rss_mb(pids: Sequence[int]) -> float:
 
 
 def machine() -> str:
+    """The machine in one line: CPU model and count, memory, kernel, Python."""
+    model, memory = platform.processor() or "unknown CPU", 0
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError), open("/proc/meminfo") as handle:
+        memory = round(int(handle.readline().split()[1]) / (1024 * 1024))
     return (
-        f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"{os.cpu_count()} x {model}, {memory} GiB, Linux {platform.release()}, "
         f"Python {platform.python_version()}"
     )
 
@@ -95,3 +105,20 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+#: Rows of the one summary table ``make bench`` prints: (area, measurement, result,
+#: physical floor measured in the same run, ratio to it). Each benchmark adds its own.
+SUMMARY: list[tuple[str, str, str, str, str]] = []
+
+
+def summarize(
+    area: str, measurement: str, result: str, floor: str = "", ratio: float | None = None
+) -> None:
+    """Add a row to the summary table (ratio: result / floor, when there is a floor)."""
+    SUMMARY.append((area, measurement, result, floor, f"{ratio:.1f}x" if ratio else ""))
+
+
+def latency_text(timing: Timing) -> str:
+    """A latency timing as the summary shows it."""
+    return f"p50 {timing.p50_ms:.2f} ms, p99 {timing.p99_ms:.2f} ms, {timing.per_second:.0f}/s"

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import machine, measure, median, table
+from bench.common import latency_text, machine, measure, median, summarize, table
 from mount_core import bind
 from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
@@ -77,6 +77,9 @@ def run(count: int) -> str:
         for concurrency in (1, 16):
             raw = measure(raw_pair, count, 1)
             pair = measure(publish_pair, count, concurrency)
+            summarize("core", f"publish+unpublish pair in-process, c={concurrency}",
+                      latency_text(pair), f"bind+umount p50 {raw.p50_ms:.3f} ms",
+                      pair.p50_ms / raw.p50_ms)  # fmt: skip
             rows.append((
                 concurrency, pair.p50_ms, pair.p99_ms, round(pair.per_second),
                 raw.p50_ms, round(pair.p50_ms / raw.p50_ms, 1),
@@ -89,6 +92,9 @@ def run(count: int) -> str:
          "ratio"],
         rows,
     )  # fmt: skip
+    bare = _wall([sys.executable, "-c", "pass"], dict(os.environ), 10)
+    summarize("core", "cold mount on the local backend (FUSE server start)", f"{cold_ms:.0f} ms",
+              f"python -c pass {bare:.1f} ms", cold_ms / bare)  # fmt: skip
     return out + f"\ncold mount (local backend, first acquire): {cold_ms:.1f} ms\n"
 
 
@@ -121,6 +127,9 @@ def run_scale(consumers: int) -> str:
         status_json = _wall([sys.executable, "-m", "mount_core.cli", "status", "--json"], env, 5)
     finally:
         teardown(manager, workdir)
+    summarize("core", f"reconcile() with {consumers} consumers", f"{reconcile.p50_ms:.0f} ms")
+    summarize("CLI", f"hepvol status with {consumers} consumers", f"{status:.0f} ms",
+              f"python -c pass {bare:.1f} ms", status / bare)  # fmt: skip
     return table(
         f"core at scale: {consumers} published consumers",
         ["measurement", "ms", "floor", "floor ms", "ratio"],

@@ -21,7 +21,7 @@ import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.common import machine, measure, rss_mb, table
+from bench.common import latency_text, machine, measure, rss_mb, summarize, table
 from csi_driver.client import Client
 from mount_core import bind
 from mount_core.mountinfo import MountTable
@@ -134,6 +134,9 @@ def run(count: int, volumes: int) -> str:
             before = _server_seconds(port)
             pair = measure(csi_pair, count, concurrency)
             inside = _server_ms(before, _server_seconds(port))
+            summarize("CSI", f"NodePublish+NodeUnpublish pair over gRPC, c={concurrency}",
+                      latency_text(pair), f"bind+umount p50 {raw.p50_ms:.3f} ms",
+                      pair.p50_ms / raw.p50_ms)  # fmt: skip
             rows.append((
                 concurrency, pair.p50_ms, pair.p99_ms, round(pair.per_second), inside,
                 raw.p50_ms, raw_dir.p50_ms, round(pair.p50_ms / raw.p50_ms, 1),
@@ -143,6 +146,8 @@ def run(count: int, volumes: int) -> str:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda t: client.publish(f"v-{t}", t, CONTEXT), published))
         loaded_mb = rss_mb([server.pid])
+        summarize("CSI", f"server RSS idle / with {volumes} published volumes",
+                  f"{idle_mb:.1f} MB / {loaded_mb:.1f} MB")  # fmt: skip
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda t: client.unpublish(f"v-{t}", t), published))
     finally:

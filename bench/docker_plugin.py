@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import machine, measure, median, rss_mb, table
+from bench.common import latency_text, machine, measure, median, rss_mb, summarize, table
 from mount_core import bind
 from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
@@ -168,14 +168,22 @@ def rpc_rows(
 
     rows: list[tuple[object, ...]] = []
     for concurrency in (1, 16):
+        timings = {}
         for name, operation in (
             ("Mount+Unmount over the socket", pair),
             ("floor: 2 empty calls (Plugin.Activate)", empty_pair),
             ("floor: 2 calls to a bare WSGI app, same gunicorn settings", bare_pair),
             ("floor: core acquire+release in-process", core_pair),
         ):
-            timing = measure(operation, count, concurrency, warmup=50)
+            timing = timings[name] = measure(operation, count, concurrency, warmup=50)
             rows.append((name, concurrency, timing.p50_ms, timing.p99_ms, round(timing.per_second)))
+        mount, floor = (
+            timings["Mount+Unmount over the socket"],
+            timings["floor: 2 calls to a bare WSGI app, same gunicorn settings"],
+        )
+        summarize("Docker plugin", f"Mount+Unmount pair over the socket, c={concurrency}",
+                  latency_text(mount), f"2 bare WSGI calls p50 {floor.p50_ms:.2f} ms",
+                  mount.p50_ms / floor.p50_ms)  # fmt: skip
     return rows
 
 
@@ -198,6 +206,8 @@ def docker_run_rows(driver: str, runs: int) -> list[tuple[object, ...]]:
                 engine.docker(*args)
                 times[name].append(time.perf_counter() - start)
         base, vol = median(times["plain"]) * 1000, median(times["volume"]) * 1000
+        summarize("Docker plugin", "docker run with a plugin volume", f"{vol:.0f} ms",
+                  f"docker run without one {base:.0f} ms", vol / base)  # fmt: skip
         return [
             ("docker run --rm IMAGE true", runs, base),
             ("same with a plugin volume (-v, --volume-driver)", runs, vol),
@@ -232,6 +242,8 @@ def main(argv: list[str]) -> int:
         pss = pss_mb(plugin_pids(process))
         run_rows = docker_run_rows(driver, runs) if shutil.which("dockerd") else []
         rss_after = rss_mb(plugin_pids(process))
+        summarize("Docker plugin", "RSS (gunicorn master + worker) after the calls",
+                  f"{rss:.1f} MB (PSS {pss:.1f} MB)")  # fmt: skip
     finally:
         os.killpg(process.pid, 15)
         process.wait(30)

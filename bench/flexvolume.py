@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import Timing, machine, table
+from bench.common import Timing, latency_text, machine, measure, summarize, table
 from flexvolume import install
 from mount_core.config import Config, LocalConfig
 from mount_core.manager import MountManager
@@ -138,10 +138,21 @@ def run(rounds: int, workdir: str) -> tuple[dict[str, Timing], list[tuple[str, f
                     samples[name].append(seconds)
                 for name, ms in steps.items():
                     imports.setdefault(name, []).append(ms)
+        wall = time.perf_counter() - started
+
+        def pair(i: int) -> None:
+            target = pod_dir(config, 100000 + i)
+            call([driver, "mount", target, options])
+            call([driver, "unmount", target])
+            os.rmdir(target)
+
+        pairs = {c: measure(pair, rounds, c, warmup=0) for c in (1, 16)}
     finally:
         call([driver, "unmount", keeper])
         MountManager(config).gc_idle()
-    wall = time.perf_counter() - started
+    for concurrency, timing in pairs.items():
+        summarize("FlexVolume", f"mount+unmount pair (two processes), c={concurrency}",
+                  latency_text(timing))  # fmt: skip
     costs = [(name, statistics.median(imports[name])) for name in IMPORT_STEPS]
     return {name: Timing(values, wall) for name, values in samples.items()}, costs
 
@@ -169,6 +180,9 @@ def main(argv: list[str]) -> int:
     )
     mount = timings["mount (mounted repo)"].p50_ms
     print(f"mount of an already-mounted repository: {mount / bare:.2f}x bare python (goal 1.30x)")
+    for name in ("init", "mount (mounted repo)", "unmount"):
+        summarize("FlexVolume", f"`{name}` call, one process", latency_text(timings[name]),
+                  f"python -c pass p50 {bare:.1f} ms", timings[name].p50_ms / bare)  # fmt: skip
     print()
     rows = [
         *costs,
