@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from mount_core import bind
+from mount_core.config import Config, LocalConfig, dumps
+
 
 @dataclass
 class Timing:
@@ -119,6 +122,45 @@ def summarize(
     SUMMARY.append((area, measurement, result, floor, f"{ratio:.1f}x" if ratio else ""))
 
 
-def latency_text(timing: Timing) -> str:
-    """A latency timing as the summary shows it."""
-    return f"p50 {timing.p50_ms:.2f} ms, p99 {timing.p99_ms:.2f} ms, {timing.per_second:.0f}/s"
+def latency_text(timing: Timing, *, rate: bool = True) -> str:
+    """A latency timing as the summary shows it (``rate``: with the throughput)."""
+    text = f"p50 {timing.p50_ms:.2f} ms, p99 {timing.p99_ms:.2f} ms"
+    return text + f", {timing.per_second:.0f}/s" if rate else text
+
+
+SAMPLE = "bench.hepvol.org"
+
+
+def bench_world(workdir: str, *, targets: str = "targets", log_level: str = "INFO") -> Config:
+    """A private hepvol world under ``workdir`` serving ``SAMPLE`` on the local backend.
+
+    Its configuration is also written to ``<workdir>/config.toml`` for child processes.
+    """
+    for name in ("state", "mounts", targets, f"repositories/{SAMPLE}"):
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
+    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
+        handle.write("bench\n")
+    config = Config(
+        state_dir=os.path.join(workdir, "state"),
+        mount_root=os.path.join(workdir, "mounts"),
+        target_roots=(os.path.join(workdir, targets),),
+        log_level=log_level,
+        local=LocalConfig(root=os.path.join(workdir, "repositories")),
+    ).validate()
+    with open(os.path.join(workdir, "config.toml"), "w") as handle:
+        handle.write(dumps(config))
+    return config
+
+
+def raw_bind_pair(backing: str, targets_root: str) -> Callable[[int], None]:
+    """The physical floor of a publish+unpublish: mount(2) MS_BIND + umount2(2)."""
+    directories = [os.path.join(targets_root, f"raw-{i}") for i in range(16)]
+    for directory in directories:
+        os.makedirs(directory, exist_ok=True)
+
+    def pair(i: int) -> None:
+        target = directories[i % 16]
+        bind.mount(backing, target, None, bind.MS_BIND)
+        bind.unmount(target)
+
+    return pair

@@ -13,29 +13,26 @@ import sys
 import tempfile
 import time
 
-from bench.common import latency_text, machine, measure, median, summarize, table
+from bench.common import (
+    SAMPLE,
+    bench_world,
+    latency_text,
+    machine,
+    measure,
+    median,
+    raw_bind_pair,
+    summarize,
+    table,
+)
 from mount_core import bind
-from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
 
-SAMPLE = "bench.hepvol.org"
-
 
 def world(workdir: str) -> MountManager:
-    for name in ("state", "mounts", "targets", f"repositories/{SAMPLE}"):
-        os.makedirs(os.path.join(workdir, name), exist_ok=True)
-    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
-        handle.write("bench\n")
-    config = Config(
-        state_dir=os.path.join(workdir, "state"),
-        mount_root=os.path.join(workdir, "mounts"),
-        target_roots=(os.path.join(workdir, "targets"),),
-        local=LocalConfig(root=os.path.join(workdir, "repositories")),
-    ).validate()
-    return MountManager(config)
+    return MountManager(bench_world(workdir))
 
 
 def teardown(manager: MountManager, workdir: str) -> None:
@@ -60,14 +57,7 @@ def run(count: int) -> str:
         backing = manager.acquire(spec, Consumer("cli", "bench-holder"))
         cold_ms = (time.perf_counter() - start) * 1000
 
-        raw_dirs = [os.path.join(targets_root, f"raw-{i}") for i in range(16)]
-        for directory in raw_dirs:
-            os.makedirs(directory, exist_ok=True)
-
-        def raw_pair(i: int) -> None:
-            target = raw_dirs[i % 16]
-            bind.mount(backing, target, None, bind.MS_BIND)
-            bind.unmount(target)
+        raw_pair = raw_bind_pair(backing, targets_root)
 
         def publish_pair(i: int) -> None:
             target = os.path.join(targets_root, f"pod-{i}")

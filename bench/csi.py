@@ -21,28 +21,27 @@ import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.common import latency_text, machine, measure, rss_mb, summarize, table
+from bench.common import (
+    SAMPLE,
+    bench_world,
+    latency_text,
+    machine,
+    measure,
+    raw_bind_pair,
+    rss_mb,
+    summarize,
+    table,
+)
 from csi_driver.client import Client
 from mount_core import bind
 from mount_core.mountinfo import MountTable
 
-SAMPLE = "bench.hepvol.org"
 CONTEXT = {"repository": SAMPLE}
 
 
 def _world(workdir: str) -> str:
-    for name in ("state", "mounts", "targets", f"repositories/{SAMPLE}"):
-        os.makedirs(os.path.join(workdir, name), exist_ok=True)
-    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
-        handle.write("bench\n")
-    path = os.path.join(workdir, "config.toml")
-    with open(path, "w") as handle:
-        handle.write(
-            f'state_dir = "{workdir}/state"\nmount_root = "{workdir}/mounts"\n'
-            f'target_roots = ["{workdir}/targets"]\nlog_level = "WARNING"\n'
-            f'[local]\nroot = "{workdir}/repositories"\n'
-        )
-    return path
+    bench_world(workdir, log_level="WARNING")
+    return os.path.join(workdir, "config.toml")
 
 
 def _teardown(workdir: str) -> None:
@@ -106,14 +105,7 @@ def run(count: int, volumes: int) -> str:
         client.publish("holder", os.path.join(targets, "holder"), CONTEXT)
         backing = os.path.join(workdir, "mounts", f"cvmfs-{SAMPLE}")
         idle_mb = rss_mb([server.pid])
-        raw_dirs = [os.path.join(targets, f"raw-{i}") for i in range(16)]
-        for directory in raw_dirs:
-            os.makedirs(directory, exist_ok=True)
-
-        def raw_pair(i: int) -> None:
-            target = raw_dirs[i % 16]
-            bind.mount(backing, target, None, bind.MS_BIND)
-            bind.unmount(target)
+        raw_pair = raw_bind_pair(backing, targets)
 
         def raw_with_dir(i: int) -> None:
             # What the protocol makes any driver do: create the target, bind, unbind, remove it.

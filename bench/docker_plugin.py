@@ -22,15 +22,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import latency_text, machine, measure, median, rss_mb, summarize, table
+from bench.common import (
+    SAMPLE,
+    bench_world,
+    latency_text,
+    machine,
+    measure,
+    median,
+    rss_mb,
+    summarize,
+    table,
+)
 from mount_core import bind
-from mount_core.config import Config, LocalConfig
+from mount_core.config import Config
 from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
 
-SAMPLE = "bench.hepvol.org"
 GOALS = "goals: pair p50 <= 1 ms at c=1, >= 1715 pairs/s at c=16, RSS <= 60 MB"
 
 
@@ -80,21 +89,7 @@ def start_bare_gunicorn(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def make_world(workdir: str) -> Config:
-    for name in ("state", "mounts", "targets", f"repositories/{SAMPLE}"):
-        os.makedirs(os.path.join(workdir, name), exist_ok=True)
-    Path(workdir, "repositories", SAMPLE, "README").write_text("bench\n")
-    config = Config(
-        state_dir=os.path.join(workdir, "state"),
-        mount_root=os.path.join(workdir, "mounts"),
-        target_roots=(os.path.join(workdir, "targets"),),
-        local=LocalConfig(root=os.path.join(workdir, "repositories")),
-    ).validate()
-    Path(workdir, "config.toml").write_text(
-        f'state_dir = "{config.state_dir}"\nmount_root = "{config.mount_root}"\n'
-        f'target_roots = ["{config.target_roots[0]}"]\nlog_level = "WARNING"\n'
-        f'[local]\nroot = "{config.local.root}"\n'
-    )
-    return config
+    return bench_world(workdir, log_level="WARNING")
 
 
 def start_plugin(workdir: str, driver: str, socket_path: str) -> subprocess.Popen[bytes]:

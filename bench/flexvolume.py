@@ -26,12 +26,20 @@ import sys
 import tempfile
 import time
 
-from bench.common import Timing, latency_text, machine, measure, summarize, table
+from bench.common import (
+    SAMPLE,
+    Timing,
+    bench_world,
+    latency_text,
+    machine,
+    measure,
+    summarize,
+    table,
+)
 from flexvolume import install
-from mount_core.config import Config, LocalConfig
+from mount_core.config import Config
 from mount_core.manager import MountManager
 
-SAMPLE = "bench.hepvol.org"
 OPTIONS = {
     "repository": SAMPLE,
     "kubernetes.io/fsType": "",
@@ -46,22 +54,9 @@ OPTIONS = {
 
 def world(workdir: str) -> tuple[Config, str]:
     """A private hepvol world with a config file; returns it and the driver's path."""
-    for name in ("state", "mounts", "kubelet/pods", f"repositories/{SAMPLE}"):
-        os.makedirs(os.path.join(workdir, name), exist_ok=True)
-    with open(os.path.join(workdir, "repositories", SAMPLE, "README"), "w") as handle:
-        handle.write("bench\n")
-    config = Config(
-        state_dir=os.path.join(workdir, "state"),
-        mount_root=os.path.join(workdir, "mounts"),
-        target_roots=(os.path.join(workdir, "kubelet"),),
-        local=LocalConfig(root=os.path.join(workdir, "repositories")),
-    ).validate()
+    config = bench_world(workdir, targets="kubelet")
+    os.makedirs(os.path.join(workdir, "kubelet", "pods"), exist_ok=True)
     config_path = os.path.join(workdir, "config.toml")
-    with open(config_path, "w") as handle:
-        handle.write(
-            f'state_dir = "{config.state_dir}"\nmount_root = "{config.mount_root}"\n'
-            f'target_roots = ["{config.target_roots[0]}"]\n[local]\nroot = "{config.local.root}"\n'
-        )
     plugins = os.path.join(workdir, "plugins")
     install.install(plugins, config_path)
     return config, install.driver_path(plugins, "cvmfs")
@@ -181,7 +176,7 @@ def main(argv: list[str]) -> int:
     mount = timings["mount (mounted repo)"].p50_ms
     print(f"mount of an already-mounted repository: {mount / bare:.2f}x bare python (goal 1.30x)")
     for name in ("init", "mount (mounted repo)", "unmount"):
-        summarize("FlexVolume", f"`{name}` call, one process", latency_text(timings[name]),
+        summarize("FlexVolume", f"`{name}` call, one process", latency_text(timings[name], rate=False),
                   f"python -c pass p50 {bare:.1f} ms", timings[name].p50_ms / bare)  # fmt: skip
     print()
     rows = [
