@@ -146,3 +146,30 @@ def hepvol_cli(env: HepvolEnv, *args: str, timeout: float = 60) -> subprocess.Co
         [sys.executable, "-m", "mount_core.cli", *args],
         env=env.environ(), capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+# A stand-in for a daemon: publishes one volume, says so, then just lives on.
+PUBLISHING_DAEMON = """
+import sys, time
+from mount_core.config import load
+from mount_core.consumer import Consumer
+from mount_core.manager import MountManager
+from mount_core.spec import VolumeSpec
+manager = MountManager(load())
+spec = VolumeSpec(backend="cvmfs", repository=sys.argv[1])
+manager.publish(spec, Consumer("csi", sys.argv[2]), sys.argv[2])
+print("published", flush=True)
+time.sleep(600)
+"""
+
+
+def start_publishing_daemon(
+    env: HepvolEnv, target: str, wrapper: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    """Run :data:`PUBLISHING_DAEMON` (behind ``wrapper``) and wait until it published."""
+    daemon = subprocess.Popen(
+        [*wrapper, sys.executable, "-c", PUBLISHING_DAEMON, SAMPLE, target],
+        env=env.environ(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert daemon.stdout is not None and daemon.stdout.readline() == "published\n"
+    return daemon

@@ -19,20 +19,7 @@ from pathlib import Path
 import pytest
 
 from mount_core.mountinfo import MountTable
-from tests.conftest import SAMPLE, HepvolEnv, wait_for, write_config
-
-DAEMON = """
-import sys, time
-from mount_core.config import load
-from mount_core.consumer import Consumer
-from mount_core.manager import MountManager
-from mount_core.spec import VolumeSpec
-manager = MountManager(load())
-spec = VolumeSpec(backend="cvmfs", repository=sys.argv[1])
-manager.publish(spec, Consumer("csi", sys.argv[2]), sys.argv[2])
-print("published", flush=True)
-time.sleep(600)
-"""
+from tests.conftest import HepvolEnv, start_publishing_daemon, wait_for, write_config
 
 
 def _cgroup2_root() -> Path:
@@ -58,13 +45,8 @@ def cgroups(hepvol_env: HepvolEnv) -> Iterator[tuple[Path, Path]]:
 
 
 def _run_pod(env: HepvolEnv, pod: Path, target: str) -> subprocess.Popen[str]:
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mount_core.cgroups", "--cgroup", str(pod), "--",
-         sys.executable, "-c", DAEMON, SAMPLE, target],
-        env=env.environ(), stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert daemon.stdout is not None and daemon.stdout.readline() == "published\n"
-    return daemon
+    wrapper = (sys.executable, "-m", "mount_core.cgroups", "--cgroup", str(pod), "--")
+    return start_publishing_daemon(env, target, wrapper)
 
 
 def _kill_pod(pod: Path, daemon: subprocess.Popen[str]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from mount_core.consumer import Consumer
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
-from tests.conftest import SAMPLE, HepvolEnv, wait_for
+from tests.conftest import SAMPLE, HepvolEnv, start_publishing_daemon, wait_for
 
 SPEC = VolumeSpec(backend="cvmfs", repository=SAMPLE)
 
@@ -151,31 +151,11 @@ def test_kill_9_during_unpublish(hepvol_env: HepvolEnv, point: str, last: bool) 
     assert manager.unpublish(target) is False
 
 
-DAEMON = """
-import sys, time
-from mount_core.config import load
-from mount_core.consumer import Consumer
-from mount_core.manager import MountManager
-from mount_core.spec import VolumeSpec
-manager = MountManager(load())
-spec = VolumeSpec(backend="cvmfs", repository=sys.argv[1])
-manager.publish(spec, Consumer("csi", sys.argv[2]), sys.argv[2])
-print("published", flush=True)
-time.sleep(600)
-"""
-
-
 def test_mounts_outlive_a_killed_daemon_and_are_adopted(hepvol_env: HepvolEnv) -> None:
     target = str(hepvol_env.targets / "pod")
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", DAEMON, SAMPLE, target],
-        env=hepvol_env.environ(), stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert daemon.stdout is not None and daemon.stdout.readline() == "published\n"
-    finally:
-        daemon.kill()
-        daemon.wait()
+    daemon = start_publishing_daemon(hepvol_env, target)
+    daemon.kill()
+    daemon.wait()
     [server] = hepvol_env.server_pids()
     time.sleep(0.2)
     with open(f"{target}/README") as handle:
