@@ -17,6 +17,7 @@ import signal
 import threading
 from dataclasses import replace
 
+from mount_core import logs
 from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
@@ -113,6 +114,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     workdir = os.path.abspath(args.workdir)
     config = demo_config(config, workdir)
     os.makedirs(config.target_roots[0], exist_ok=True)
+    # The daemons' JSON log lines would bury the walk-through: they go to a file.
+    logs.configure(config.log_level, path=os.path.join(workdir, "hepvol.log"))
+    print(f"hepvol demo in {workdir} (logs: {workdir}/hepvol.log)")
     make_sample(config.local.root)
     manager = MountManager(config)
     manager.reconcile()
