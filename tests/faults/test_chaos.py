@@ -45,6 +45,8 @@ pytestmark = pytest.mark.slow
 OPERATIONS = int(os.environ.get("HEPVOL_FAULT_OPERATIONS", "2000"))
 WORKERS = 8
 FLEX_KILL_CHANCE = 0.15
+#: The run stops (and fails) rather than exceed this.
+TIME_LIMIT = 240.0
 #: Relative weights of the operations.
 MIX = {
     "docker.create": 4, "docker.remove": 2, "docker.list": 5, "docker.get": 3,
@@ -90,6 +92,8 @@ class Tally:
     violations: list[str] = field(default_factory=list)
     retries: int = 0
     flex_killed: int = 0
+    aborted: list[str] = field(default_factory=list)
+    abort: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def total(self) -> int:
@@ -212,7 +216,11 @@ def _work(worker: Worker, fronts: Fronts) -> None:
     client = Client(fronts.csi.endpoint)
     ops, weights = list(MIX), list(MIX.values())
     try:
-        while fronts.tally.total() < OPERATIONS:
+        deadline = time.monotonic() + TIME_LIMIT
+        while fronts.tally.total() < OPERATIONS and not fronts.tally.abort.is_set():
+            if time.monotonic() > deadline:
+                fronts.tally.aborted.append(f"not done within {TIME_LIMIT:g} s")
+                fronts.tally.abort.set()
             _step(worker.rng.choices(ops, weights)[0], worker, fronts, client)
     finally:
         client.close()
@@ -220,14 +228,19 @@ def _work(worker: Worker, fronts: Fronts) -> None:
 
 def _killer(fronts: Fronts, rng: random.Random, stop: threading.Event, kills: Counter[str]) -> None:
     while not stop.wait(rng.uniform(0.2, 1.2)):
-        if rng.random() < 0.5:
-            fronts.plugin.kill9()
-            kills["docker-plugin"] += 1
-            fronts.plugin.start()
-        else:
-            fronts.csi.stop(9)
-            kills["csi"] += 1
-            fronts.csi.start()
+        try:
+            if rng.random() < 0.5:
+                fronts.plugin.kill9()
+                kills["docker-plugin"] += 1
+                fronts.plugin.start()
+            else:
+                fronts.csi.stop(9)
+                kills["csi"] += 1
+                fronts.csi.start()
+        except Exception as exc:  # a daemon that does not come back ends the run
+            fronts.tally.aborted.append(f"restart failed: {exc}")
+            fronts.tally.abort.set()
+            return
 
 
 def _readme(path: Path) -> str:
@@ -321,6 +334,7 @@ def test_mixed_operations_survive_kill_9_of_the_daemons(
     killer.join()
     elapsed = time.monotonic() - start
     tally = fronts.tally
+    assert tally.aborted == [], tally.aborted
     # Unmount waits for the plugin's start-up reconcile: after it, both daemons are settled.
     assert clients.docker(plugin.socket, "VolumeDriver.Unmount",
                           {"Name": "sync", "ID": "sync"}).status == OK  # fmt: skip
