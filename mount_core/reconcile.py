@@ -187,7 +187,7 @@ def repair(manager: MountManager, key: str, reason: str) -> bool:
             row = manager.ledger.backing(key)
             if row is None:
                 return False
-            manager.ledger.set_condition(key, REPAIRING, f"repairing: {reason}")
+            manager.ledger.set_condition(key, REPAIRING, reason)
             for consumer in manager.ledger.consumers(key):
                 if consumer.target is not None:
                     _unbind(manager, consumer.target)
