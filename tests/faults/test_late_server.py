@@ -1,6 +1,7 @@
 """A FlexVolume call killed while its FUSE server is still starting.
 
-The server outlives the killed call and finishes mounting a moment later. The
+The server outlives the killed call (and the process waiting for it to be ready)
+and finishes mounting a moment later. The
 next call for the same repository must adopt that server, not start a second one
 stacked on the same path (which leaked a mount and a server in the chaos run).
 """
@@ -8,9 +9,12 @@ stacked on the same path (which leaked a mount and a server in the chaos run).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+
+import pytest
 
 from mount_core.mountinfo import MountTable
 from tests.conftest import SAMPLE, HepvolEnv, wait_for
@@ -18,15 +22,23 @@ from tests.faults.invariants import agreement_problems, fuse_servers, leftovers
 from tests.integration.test_flexvolume import Kubelet, kubelet_options
 
 
+@pytest.mark.parametrize("whole_group", [False, True], ids=["call", "call-and-starter"])
 def test_a_server_whose_starter_was_killed_is_adopted_not_stacked(
-    world: HepvolEnv, kubelet: Kubelet
+    world: HepvolEnv, kubelet: Kubelet, whole_group: bool
 ) -> None:
     first, second = kubelet.pod_dir(uid="killed"), kubelet.pod_dir(uid="next")
     options = json.dumps(kubelet_options(repository=SAMPLE))
     call = subprocess.Popen([kubelet.driver(), "mount", str(first), options], env={},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
     assert wait_for(lambda: fuse_servers(str(world.workdir)) != [], 10, 0.005)
-    call.send_signal(signal.SIGKILL)  # the server is starting: not mounted, not ready yet
+    # The server is starting: not mounted, not ready yet. Killing the whole group
+    # also kills the process waiting for its readiness (as kill -9 of a daemon's
+    # process group does), so the server cannot report back.
+    if whole_group:
+        os.killpg(call.pid, signal.SIGKILL)
+    else:
+        call.send_signal(signal.SIGKILL)
     call.wait()
 
     assert kubelet.mount(second, kubelet_options(repository=SAMPLE))["status"] == "Success"
