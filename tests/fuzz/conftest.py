@@ -49,6 +49,25 @@ def fuzz_settings(ci: int) -> settings:
     )
 
 
+class Budget:
+    """The cases of one fuzz test: its settings, and a check that they all ran."""
+
+    def __init__(self, ci: int) -> None:
+        self.ci = ci
+        self.ran = 0
+
+    @property
+    def settings(self) -> settings:
+        return fuzz_settings(self.ci)
+
+    def ran_one(self) -> None:
+        self.ran += 1
+
+    def check(self) -> None:
+        wanted = examples(self.ci)
+        assert self.ran >= wanted, f"only {self.ran} of {wanted} cases ran"
+
+
 # Hostile values ---------------------------------------------------------------
 
 HOSTILE = (

@@ -29,9 +29,9 @@ from tests.conftest import SAMPLE, HepvolEnv
 from tests.fuzz.conftest import (
     CANARIES,
     PLANTED_SECRET,
+    Budget,
     WorldSnapshot,
     assert_readable,
-    fuzz_settings,
     hostile_text,
     names,
 )
@@ -179,13 +179,17 @@ def test_random_requests_on_every_rpc(csi: CsiProcess, hepvol_env: HepvolEnv) ->
         lambda m: st.tuples(st.just(m[0]), requests(m[1], world))
     )
 
-    @fuzz_settings(ci=400)
+    budget = Budget(ci=400)
+
+    @budget.settings
     @given(case=cases)
     def one(case: tuple[str, Message]) -> None:
+        budget.ran_one()
         path, request = case
         check_status(csi, snapshot, call(csi, path, request.SerializeToString()))
 
     one()
+    budget.check()
     for target in (world.outside, *CANARIES):
         assert not os.path.ismount(target)
     assert os.listdir(world.outside) == [], "nothing is created through the symlinks"
@@ -197,12 +201,16 @@ def test_raw_bytes_on_the_wire(csi: CsiProcess, hepvol_env: HepvolEnv) -> None:
     snapshot = WorldSnapshot.take(hepvol_env)
     paths = [path for path, _ in METHODS] + ["/csi.v1.Node/NoSuchMethod", "/not.a.Service/X"]
 
-    @fuzz_settings(ci=200)
+    budget = Budget(ci=200)
+
+    @budget.settings
     @given(path=st.sampled_from(paths), payload=st.binary(max_size=512))
     def one(path: str, payload: bytes) -> None:
+        budget.ran_one()
         check_status(csi, snapshot, call(csi, path, payload))
 
     one()
+    budget.check()
     snapshot.check_ledger_matches_targets()
 
 

@@ -24,9 +24,9 @@ from tests.e2e.dockerd import Dockerd, Plugin, _UnixConnection, make_plugin
 from tests.fuzz.conftest import (
     HOSTILE,
     PLANTED_SECRET,
+    Budget,
     WorldSnapshot,
     assert_readable,
-    fuzz_settings,
     hostile_text,
     json_values,
     names,
@@ -152,7 +152,9 @@ def check_case(plugin: Plugin, snapshot: WorldSnapshot, method: str, body: bytes
 def test_random_bodies_to_every_endpoint(plugin: Plugin, hepvol_env: HepvolEnv) -> None:
     snapshot = WorldSnapshot.take(hepvol_env)
 
-    @fuzz_settings(ci=300)
+    budget = Budget(ci=300)
+
+    @budget.settings
     @given(method=st.sampled_from(METHODS), body=bodies(plugin.backend))
     @example(method="VolumeDriver.Create", body=json.dumps({"Name": "a" * 1_000_000}).encode())
     @example(
@@ -161,9 +163,11 @@ def test_random_bodies_to_every_endpoint(plugin: Plugin, hepvol_env: HepvolEnv) 
     @example(method="VolumeDriver.Create", body=b"\x00" * 100_000)
     @example(method="VolumeDriver.Get", body=b'{"Name": "\\u0000"}')
     def case(method: str, body: bytes) -> None:
+        budget.ran_one()
         check_case(plugin, snapshot, method, body)
 
     case()
+    budget.check()
     for name in HOSTILE:
         check_case(plugin, snapshot, "VolumeDriver.Create", json.dumps({"Name": name}).encode())
     listed = plugin.call("VolumeDriver.List")["Volumes"]

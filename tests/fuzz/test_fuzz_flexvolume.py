@@ -24,9 +24,9 @@ from tests.conftest import SAMPLE, HepvolEnv
 from tests.fuzz.conftest import (
     CANARIES,
     PLANTED_SECRET,
+    Budget,
     WorldSnapshot,
     assert_readable,
-    fuzz_settings,
     hostile_text,
     is_control,
     json_values,
@@ -149,13 +149,17 @@ def test_random_calls_to_the_installed_driver(
     snapshot = WorldSnapshot.take(hepvol_env)
     pods_dir = hepvol_env.targets / "kubelet" / "pods"
 
-    @fuzz_settings(ci=150)
+    budget = Budget(ci=250)
+
+    @budget.settings
     @given(argv=argvs(places, backend))
     def one(argv: list[str]) -> None:
+        budget.ran_one()
         check_call(kubelet, places, argv, backend)
         snapshot.check()
 
     one()
+    budget.check()
     assert kubelet.mounts() == [], "every successful mount was unmounted by the case"
     assert list(places.outside.iterdir()) == []
     snapshot.check_ledger_matches_targets()
