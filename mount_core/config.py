@@ -59,7 +59,7 @@ class Config:
     target_roots: tuple[str, ...] = ("/var/lib/kubelet",)
     server_cgroups: tuple[str, ...] = ()
     idle_unmount_seconds: float = 0.0
-    health_interval_seconds: float = 10.0
+    health_interval_seconds: float = 3.0
     mount_timeout_seconds: float = 30.0
     lock_timeout_seconds: float = 60.0
     probe_timeout_seconds: float = 2.0

@@ -22,7 +22,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
     assert config.mount_root == "/srv/env-mounts"
     assert config.local.root == "/srv/env-repos"
     assert config.idle_unmount_seconds == 5.0
-    assert config.health_interval_seconds == 10.0
+    assert config.health_interval_seconds == 3.0
 
 
 def test_environment_forms(tmp_path: Path) -> None:
