@@ -5,7 +5,7 @@ kubelet does, through the replay helper of ``test_flexvolume`` that checks the
 protocol: exactly one JSON object on stdout, nothing on stderr, the exit status
 matching the status, a one-line message. On top: hostile targets are refused,
 the message is readable and never echoes the planted secret, and nothing appears
-outside the configured roots. A process per case costs ~0.2 s, so CI runs a few
+outside the configured roots. A process per case costs 40-200 ms, so CI runs a few
 hundred cases; the documented run takes ``HEPVOL_FUZZ_EXAMPLES=10000``.
 """
 
