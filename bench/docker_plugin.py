@@ -237,8 +237,14 @@ def main(argv: list[str]) -> int:
         pss = pss_mb(plugin_pids(process))
         run_rows = docker_run_rows(driver, runs) if shutil.which("dockerd") else []
         rss_after = rss_mb(plugin_pids(process))
-        summarize("Docker plugin", "RSS (gunicorn master + worker) after the calls",
-                  f"{rss:.1f} MB (PSS {pss:.1f} MB)")  # fmt: skip
+        holds = 100 if args.quick else 1000
+        for i in range(holds):
+            call(socket_path, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": f"hold-{i}"})
+        rss_held = rss_mb(plugin_pids(process))
+        for i in range(holds):
+            call(socket_path, "VolumeDriver.Unmount", {"Name": SAMPLE, "ID": f"hold-{i}"})
+        summarize("Docker plugin", f"RSS (master + worker) idle / with {holds} mounts held",
+                  f"{rss:.1f} MB / {rss_held:.1f} MB (PSS {pss:.1f} MB)")  # fmt: skip
     finally:
         os.killpg(process.pid, 15)
         process.wait(30)

@@ -20,11 +20,13 @@ import ast
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from bench.common import (
     SAMPLE,
@@ -33,12 +35,15 @@ from bench.common import (
     latency_text,
     machine,
     measure,
+    rss_mb,
     summarize,
     table,
 )
 from flexvolume import install
 from mount_core.config import Config
+from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
+from mount_core.spec import VolumeSpec
 
 OPTIONS = {
     "repository": SAMPLE,
@@ -106,6 +111,41 @@ def import_steps() -> dict[str, float]:
     return dict(ast.literal_eval(result.stdout.decode()))
 
 
+def watch_rss(config: Config, workdir: str, consumers: int) -> tuple[float, float]:
+    """RSS of ``hepvol watch`` idle and with ``consumers`` flex consumers (after a scrape)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, HEPVOL_CONFIG=os.path.join(workdir, "config.toml"))
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "mount_core.cli", "--log-level", "WARNING", "watch",
+         "--metrics-port", str(port), "--metrics-address", "127.0.0.1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    manager = MountManager(config)
+    spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
+    targets = [pod_dir(config, 200000 + i) for i in range(consumers)]
+    try:
+        scrape = f"http://127.0.0.1:{port}/metrics"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(scrape, timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        idle = rss_mb([watch.pid])
+        for target in targets:
+            manager.publish(spec, Consumer("flex", target), target)
+        urllib.request.urlopen(scrape, timeout=30).read()
+        loaded = rss_mb([watch.pid])
+    finally:
+        watch.terminate()
+        watch.wait(30)
+        for target in targets:
+            manager.unpublish(target)
+    return idle, loaded
+
+
 def run(rounds: int, workdir: str) -> tuple[dict[str, Timing], list[tuple[str, float]]]:
     config, driver = world(workdir)
     options = json.dumps(OPTIONS)
@@ -142,6 +182,10 @@ def run(rounds: int, workdir: str) -> tuple[dict[str, Timing], list[tuple[str, f
             os.rmdir(target)
 
         pairs = {c: measure(pair, rounds, c, warmup=0) for c in (1, 16)}
+        consumers = 100 if rounds < 100 else 1000
+        idle, loaded = watch_rss(config, workdir, consumers)
+        summarize("hepvol watch", f"RSS idle / with {consumers} consumers (after a scrape)",
+                  f"{idle:.1f} MB / {loaded:.1f} MB")  # fmt: skip
     finally:
         call([driver, "unmount", keeper])
         MountManager(config).gc_idle()
