@@ -14,6 +14,7 @@ Consumer rows carry a state that records intent before the kernel is touched:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mount_core.errors import Busy, Conflict, StateError
-from mount_core.locks import LockDir
+from mount_core.locks import flock_until
 
 SCHEMA_VERSION = 1
 
@@ -132,7 +133,7 @@ class Ledger:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             # Writers of all processes queue on a lock file: SQLite's own busy handler
             # sleeps up to 100 ms between tries, which parallel FlexVolume calls feel.
-            self._writers = LockDir(os.path.dirname(path))
+            self._writers = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -141,13 +142,14 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the ledger {path}: {exc}") from None
         os.chmod(path, 0o600)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            os.close(self._writers)
 
     def _migrate(self) -> None:
         if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
@@ -168,20 +170,26 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, taken up front (``BEGIN IMMEDIATE``) to avoid upgrade deadlocks."""
-        with self._lock, self._writers.hold("ledger", self._busy_timeout):
+        with self._lock:
+            flock_until(
+                self._writers, fcntl.LOCK_EX, time.monotonic() + self._busy_timeout, "the ledger"
+            )
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StateError(f"ledger {self.path} is unavailable: {exc}") from None
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StateError(f"ledger {self.path}: {exc}; nothing was changed") from None
-            except BaseException:
-                self._rollback()
-                raise
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StateError(f"ledger {self.path} is unavailable: {exc}") from None
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    raise StateError(f"ledger {self.path}: {exc}; nothing was changed") from None
+                except BaseException:
+                    self._rollback()
+                    raise
+            finally:
+                fcntl.flock(self._writers, fcntl.LOCK_UN)
 
     def _rollback(self) -> None:
         if self._db.in_transaction:

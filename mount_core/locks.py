@@ -72,6 +72,24 @@ def _thread_lock(name: str) -> _SharedLock:
         return lock
 
 
+def flock_until(fd: int, mode: int, deadline: float, what: str) -> None:
+    """``flock(fd, mode)``, polled without blocking until ``deadline`` (then :class:`Busy`).
+
+    Polling keeps the wait bounded (a blocking flock cannot time out) and wakes
+    within milliseconds of the holder letting go.
+    """
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise Busy(f"another process is operating on {what}; try again") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
+
 class LockDir:
     """The directory holding one lock file per spec key."""
 
@@ -100,19 +118,7 @@ class LockDir:
             except OSError as exc:
                 raise StateError(f"cannot open the lock file of {key}: {exc.strerror}") from None
             try:
-                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-                delay = 0.001
-                while True:
-                    try:
-                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise Busy(
-                                f"another process is operating on {key}; try again"
-                            ) from None
-                        time.sleep(delay)
-                        delay = min(delay * 2, 0.005)
+                flock_until(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline, key)
                 yield
             finally:
                 os.close(fd)
