@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,25 +106,34 @@ def teardown_world(workdir: Path, pids: list[int]) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-@pytest.fixture
-def hepvol_env(tmp_path: Path) -> Iterator[HepvolEnv]:
-    workdir = tmp_path / "world"
+def make_world(workdir: Path, **settings: Any) -> HepvolEnv:
+    """A hepvol world under ``workdir`` with the sample repository and its tag v1."""
     for name in ("state", "mounts", "targets", "repositories"):
         (workdir / name).mkdir(parents=True)
     config = Config(
         state_dir=str(workdir / "state"),
         mount_root=str(workdir / "mounts"),
         target_roots=(str(workdir / "targets"),),
-        health_interval_seconds=0.5,
-        probe_timeout_seconds=1.0,
-        mount_timeout_seconds=20.0,
-        lock_timeout_seconds=60.0,
         local=LocalConfig(root=str(workdir / "repositories")),
+        **settings,
     ).validate()
     env = HepvolEnv(workdir, config)
     env.make_repo(SAMPLE, {"README": "sample trunk\n", "data/events.csv": "run,event\n1,1\n"})
     env.make_repo(f"{SAMPLE}@v1", {"README": "sample v1\n"})
     write_config(workdir, config)
+    return env
+
+
+@pytest.fixture
+def hepvol_env(tmp_path: Path) -> Iterator[HepvolEnv]:
+    workdir = tmp_path / "world"
+    env = make_world(
+        workdir,
+        health_interval_seconds=0.5,
+        probe_timeout_seconds=1.0,
+        mount_timeout_seconds=20.0,
+        lock_timeout_seconds=60.0,
+    )
     try:
         yield env
     finally:

@@ -19,30 +19,17 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 from mount_core.spec import Credential, VolumeSpec
 from mount_core.status import as_table
-from tests.conftest import SAMPLE, HepvolEnv, teardown_world, write_config
+from tests.conftest import SAMPLE, HepvolEnv, make_world, teardown_world
 from tests.standins.world import EOS_INSTANCE, install
 
 
 def _world(workdir: Path) -> HepvolEnv:
-    for name in ("state", "mounts", "targets", "repositories"):
-        (workdir / name).mkdir(parents=True)
-    config = Config(
-        state_dir=str(workdir / "state"),
-        mount_root=str(workdir / "mounts"),
-        target_roots=(str(workdir / "targets"),),
-        local=LocalConfig(root=str(workdir / "repositories")),
-    ).validate()
-    env = HepvolEnv(workdir, config)
-    env.make_repo(SAMPLE, {"README": "sample trunk\n"})
-    env.make_repo(f"{SAMPLE}@v1", {"README": "sample v1\n"})
-    write_config(workdir, config)
-    return env
+    return make_world(workdir)
 
 
 def show(workdir: Path) -> None:
