@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -97,16 +98,15 @@ def test_killed_fuse_server_is_reported_and_repaired_by_the_daemon(
     print(f"killed FUSE server: abnormal for {repaired:.2f} s; stats said {abnormal[:1]}; "
           f"status --json said {sorted(set(seen))}")  # fmt: skip
     assert abnormal, "NodeGetVolumeStats never reported the dead server"
-    assert all(
-        m
-        in (
-            "failed: the FUSE server died (ENOTCONN)",
-            "failed: the FUSE server died (ECONNABORTED)",
-            "repairing: the FUSE server died (ENOTCONN)",
-            "repairing: the FUSE server died (ECONNABORTED)",
-        )
-        for m in abnormal
-    ), abnormal
+    # Every answer says why. Under load, the replacement server may take longer than
+    # the probe timeout to answer its first request: "not responding" is the truth then.
+    said_why = re.compile(
+        r"(failed|repairing): (the FUSE server died \((ENOTCONN|ECONNABORTED)\)|"
+        r"not responding within .*)"
+    )
+    unexplained = [m for m in abnormal if not said_why.fullmatch(m)]
+    assert not unexplained, unexplained
+    assert "the FUSE server died" in abnormal[0], abnormal[0]
     assert repaired < REPAIR_BOUND, f"repaired after {repaired:.1f} s"
     unhealthy = [(condition, message) for condition, message in seen if condition != "healthy"]
     assert all("FUSE server died" in message for _, message in unhealthy), unhealthy
