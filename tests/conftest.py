@@ -140,6 +140,15 @@ def hepvol_env(tmp_path: Path) -> Iterator[HepvolEnv]:
         teardown_world(workdir, env.server_pids())
 
 
+def readme_errno(directory: str | Path) -> int:
+    """errno of reading ``<directory>/README`` (0 when it reads): ENOTCONN for a dead server."""
+    try:
+        Path(directory, "README").read_text()
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it is true or ``timeout`` passes."""
     deadline = time.monotonic() + timeout

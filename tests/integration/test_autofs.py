@@ -25,7 +25,7 @@ from mount_core.errors import MountFailed
 from mount_core.health import HEALTHY, HealthMonitor
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
-from tests.conftest import REPO, SAMPLE, HepvolEnv, wait_for
+from tests.conftest import REPO, SAMPLE, HepvolEnv, readme_errno, wait_for
 from tests.standins.world import Standins, install
 
 TREE = VolumeSpec(backend="cvmfs")
@@ -123,14 +123,7 @@ def test_repository_from_autofs_is_repaired_after_its_client_dies(
     [server] = autofs.server_pids()
     os.kill(server, signal.SIGKILL)
 
-    def broken() -> bool:
-        try:
-            _read(one)
-        except OSError as exc:
-            return exc.errno == errno.ENOTCONN
-        return False
-
-    assert wait_for(broken, timeout=5)
+    assert wait_for(lambda: readme_errno(one) == errno.ENOTCONN, timeout=5)
     results = HealthMonitor(manager).run_once()
     assert results[TRUNK.key].dead
     assert _read(one) == "sample trunk\n"
@@ -255,14 +248,7 @@ def test_dead_repository_in_a_whole_tree_volume_comes_back(
     [server] = autofs.server_pids()
     os.kill(server, signal.SIGKILL)
 
-    def broken() -> bool:
-        try:
-            _read(tree / SAMPLE)
-        except OSError as exc:
-            return exc.errno == errno.ENOTCONN
-        return False
-
-    assert wait_for(broken, timeout=5)
+    assert wait_for(lambda: readme_errno(tree / SAMPLE) == errno.ENOTCONN, timeout=5)
     assert HealthMonitor(manager).run_once()[TREE.key].condition == HEALTHY
     assert _read(tree / SAMPLE) == "sample trunk\n", "autofs mounted it afresh"
     assert len(autofs.calls("mount.cvmfs")) == 2

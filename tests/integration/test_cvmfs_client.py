@@ -17,7 +17,7 @@ from mount_core.errors import InvalidSpec, MountFailed, Unavailable
 from mount_core.health import HEALTHY, HealthMonitor
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
-from tests.conftest import SAMPLE, HepvolEnv, hepvol_cli, wait_for
+from tests.conftest import SAMPLE, HepvolEnv, hepvol_cli, readme_errno, wait_for
 from tests.standins.world import Standins, install
 
 TRUNK = VolumeSpec(backend="cvmfs", repository=SAMPLE)
@@ -199,14 +199,7 @@ def test_dead_client_is_repaired_like_a_local_mount(
     [server] = clients.server_pids()
     os.kill(server, signal.SIGKILL)
 
-    def broken() -> bool:
-        try:
-            _read(target)
-        except OSError as exc:
-            return exc.errno == errno.ENOTCONN
-        return False
-
-    assert wait_for(broken, timeout=5)
+    assert wait_for(lambda: readme_errno(target) == errno.ENOTCONN, timeout=5)
     results = HealthMonitor(manager).run_once()
     assert results[spec.key].dead
     assert _read(target) == expected

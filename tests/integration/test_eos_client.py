@@ -18,7 +18,7 @@ from mount_core.errors import ConfigError, InvalidSpec, MountFailed, NotFound
 from mount_core.health import HEALTHY, HealthMonitor
 from mount_core.mountinfo import MountTable
 from mount_core.spec import Credential, VolumeSpec
-from tests.conftest import HepvolEnv, hepvol_cli, wait_for
+from tests.conftest import HepvolEnv, hepvol_cli, readme_errno, wait_for
 from tests.standins.world import EOS_INSTANCE, Standins, install
 
 HOST = EOS_INSTANCE["hostport"]
@@ -175,14 +175,7 @@ def test_dead_eosxd_is_repaired_with_its_credential(
     [server] = clients.server_pids()
     os.kill(server, signal.SIGKILL)
 
-    def broken() -> bool:
-        try:
-            (target / "README").read_text()
-        except OSError as exc:
-            return exc.errno == errno.ENOTCONN
-        return False
-
-    assert wait_for(broken, timeout=5)
+    assert wait_for(lambda: readme_errno(target) == errno.ENOTCONN, timeout=5)
     # A new process (a restarted daemon) repairs it: the credential comes from its file.
     results = HealthMonitor(hepvol_env.manager()).run_once()
     assert results[spec.key].dead
