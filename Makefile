@@ -6,10 +6,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv autofs \
-                util-linux procps iproute2 docker.io busybox-static debootstrap
+                util-linux procps iproute2 docker.io busybox-static debootstrap golang-go
 PYTEST_ARGS ?=
 
-.PHONY: all setup root apt venv run test lint bench clean tools manifests image managed-plugin
+.PHONY: all setup root apt venv go run test lint bench clean tools manifests image managed-plugin
+
+# Long builds and downloads are cached outside the clone, keyed by version, so a
+# second run on the same machine (CI right after a session) skips them.
+CACHE := /var/cache/hepvol
+# Go: Debian 12's go (1.19) is too old for the pinned tools; it only fetches the
+# pinned toolchain, which is a module on the Go module proxy.
+GO_VERSION := 1.26.8
+GO_ROOT := $(CACHE)/go$(GO_VERSION)
+GO := $(GO_ROOT)/bin/go
+export GOPATH := $(CACHE)/gopath
+export GOCACHE := $(CACHE)/go-build
+export GOTOOLCHAIN := local
 
 # Pinned tools for the chart checks (tests/e2e/test_helm.py), built with `go install`
 # into .tools/ (ignored). Go's module and build caches (~/go, ~/.cache/go-build)
@@ -61,21 +73,31 @@ test: setup lint tools
 bench: setup
 	unshare --mount --propagation private -- $(PY) -m bench
 
+go: $(GO_ROOT)/.done
+$(GO_ROOT)/.done: | .stamp-apt
+	@set -e; dir=$$(cd /tmp && GOFLAGS=-mod=mod /usr/lib/go-1.19/bin/go mod download -json \
+	  golang.org/toolchain@v0.0.1-go$(GO_VERSION).linux-amd64 | \
+	  $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'); \
+	rm -rf $(GO_ROOT).tmp && cp -a $$dir $(GO_ROOT).tmp && chmod -R u+w $(GO_ROOT).tmp && \
+	chmod +x $(GO_ROOT).tmp/bin/* $(GO_ROOT).tmp/pkg/tool/*/* && \
+	rm -rf $(GO_ROOT) && mv $(GO_ROOT).tmp $(GO_ROOT) && $(GO) version
+	@touch $@
+
 tools: $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION) \
        $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done $(TOOLS)/.csi-sanity-$(CSI_SANITY_VERSION)
-$(TOOLS)/.helm-%:
-	GOBIN=$(TOOLS)/bin go install helm.sh/helm/v3/cmd/helm@$*
+$(TOOLS)/.helm-%: $(GO_ROOT)/.done
+	GOBIN=$(TOOLS)/bin $(GO) install helm.sh/helm/v3/cmd/helm@$*
 	@touch $@
-$(TOOLS)/.kubeconform-%:
-	GOBIN=$(TOOLS)/bin go install github.com/yannh/kubeconform/cmd/kubeconform@$*
+$(TOOLS)/.kubeconform-%: $(GO_ROOT)/.done
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@$*
 	@touch $@
-$(TOOLS)/.csi-sanity-%:
-	GOBIN=$(TOOLS)/bin go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$*
+$(TOOLS)/.csi-sanity-%: $(GO_ROOT)/.done
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$*
 	@touch $@
 # The k8s.io/kubernetes module zip ships api/openapi-spec; turn it into strict schemas.
-$(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done: deploy/helm/openapi2jsonschema.py
+$(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done: deploy/helm/openapi2jsonschema.py $(GO_ROOT)/.done
 	@set -e; start=$$(date +%s); \
-	dir=$$(cd /tmp && go mod download -json k8s.io/kubernetes@$(K8S_VERSION) | \
+	dir=$$(cd /tmp && $(GO) mod download -json k8s.io/kubernetes@$(K8S_VERSION) | \
 	       $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'); \
 	$(PYTHON) deploy/helm/openapi2jsonschema.py $$dir/api/openapi-spec/swagger.json $(@D); \
 	echo "k8s.io/kubernetes@$(K8S_VERSION) schemas ready in $$(( $$(date +%s) - start )) s"
