@@ -25,6 +25,17 @@ FSTYPE = "fuse.hepvol"
 FSNAME_PREFIX = "hepvol:"
 
 
+def serves(pid: int, path: str) -> bool:
+    """True when process ``pid`` is an embedded FUSE server started for mount point ``path``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return False
+    # argv ends with SOURCE, MOUNTPOINT and the empty string after the last NUL.
+    return b"mount_core.backends.localfs" in argv and argv[-2:] == [os.fsencode(path), b""]
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -129,7 +140,7 @@ class LocalBackend(Backend):
                 pass_fds=(starting,),
             )
         except subprocess.TimeoutExpired:
-            self._kill(pidfile)
+            self._kill(pidfile, path)
             bind.unmount(path, lazy=True)
             raise MountTimeout(
                 f"the local FUSE server for {spec.source} was not ready within "
@@ -151,17 +162,28 @@ class LocalBackend(Backend):
             except OSError:
                 bind.unmount(path, lazy=True)
             # The server exits when its mount goes; a dead or hung one is cleared here.
-            self._kill(self.pidfile(path))
+            self._kill(self.pidfile(path), path)
 
-    def _kill(self, pidfile: str) -> None:
+    def _kill(self, pidfile: str, path: str) -> None:
+        """SIGKILL the server of ``path`` named by ``pidfile``, if it is still that server.
+
+        A pidfile outlives its server (kill -9); its PID may since belong to any
+        process, even another volume's server. The process is pinned with a pidfd
+        first and killed only if its command line is the embedded server's with
+        ``path`` as its mount point, so a reused PID is never signalled.
+        """
         try:
             with open(pidfile) as handle:
                 pid = int(handle.read().strip())
         except (OSError, ValueError):
             return
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as handle:
-            if b"mount_core.backends.localfs" in handle.read():
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(pid)
+            try:
+                if serves(pid, path):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
         with contextlib.suppress(OSError):
             os.unlink(pidfile)
 

@@ -148,13 +148,23 @@ class ReadOnlyTree(pyfuse3.Operations):
         return []
 
 
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
 async def _serve() -> None:
+    """Serve until the mount goes (umount, ``umount -l`` once its last user left) or a signal.
+
+    ``pyfuse3.main`` returns when the kernel ends the session; the server must then
+    exit too, or every repair after an admin's lazy unmount leaves one behind.
+    """
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pyfuse3.main)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                return
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
 
 
 def _detach(log_path: str | None) -> int:
