@@ -16,9 +16,9 @@ from csi_driver.errors import CsiError, invalid, require
 from csi_driver.generated import csi_pb2, csi_pb2_grpc
 from mount_core.consumer import Consumer
 from mount_core.errors import InvalidTarget, NotFound
-from mount_core.health import HEALTHY, Prober
 from mount_core.ledger import ConsumerRow
 from mount_core.manager import MountManager
+from mount_core.probe import Condition, Prober
 
 _RPC = csi_pb2.NodeServiceCapability.RPC
 
@@ -96,12 +96,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         condition, message = self.manager.condition(row.key)
         backing = self.manager.ledger.backing(row.key)
         usage = []
-        if condition == HEALTHY and backing is not None:
+        if condition == Condition.HEALTHY and backing is not None:
             probe = self.prober.probe(backing.path)
             condition, message = probe.condition, probe.message
             if probe.usage is not None:
                 usage = _usage(probe.usage)
-        abnormal = condition != HEALTHY
+        abnormal = condition != Condition.HEALTHY
         if abnormal:
             message = f"{condition}: {message}" if message else condition
         return csi_pb2.NodeGetVolumeStatsResponse(

@@ -1,86 +1,23 @@
-"""Health of backing mounts: probes that never block the caller, and the repair loop.
+"""The health loop of a daemon: probe every backing mount, repair the dead ones.
 
-A probe is ``statvfs`` on the FUSE mount (it always reaches the server; ``stat``
-may be answered from the kernel's cache). It runs in a worker thread joined with a
-timeout: a dead server answers ENOTCONN at once, a hung one never answers, and
-the caller learns that within the bound. At most one probe per mount is ever in
-flight, so a hung mount costs one parked thread, not one per pass.
-
-Autofs roots are never probed (a ``stat`` there resets autofs' idle timer); only
+Probes are :mod:`mount_core.probe`'s (bounded, never blocking the loop). Autofs roots are never probed (a ``stat`` there resets autofs' idle timer); only
 the FUSE mounts behind them are.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mount_core.logs import event
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition, Prober, ProbeResult
 
 if TYPE_CHECKING:
     from mount_core.manager import MountManager
 
 log = logging.getLogger("hepvol.health")
-
-HEALTHY, REPAIRING, FAILED = "healthy", "repairing", "failed"
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What a probe saw. ``dead`` means remounting will help; a hang is not dead."""
-
-    condition: str
-    message: str
-    dead: bool = False
-    usage: os.statvfs_result | None = None
-
-
-class Prober:
-    """Bounded ``statvfs`` probes, one in flight per path."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._inflight: dict[str, tuple[threading.Thread, float]] = {}
-        self._lock = threading.Lock()
-
-    def probe(self, path: str) -> ProbeResult:
-        with self._lock:
-            running = self._inflight.get(path)
-            if running is not None and running[0].is_alive():
-                age = time.monotonic() - running[1]
-                return ProbeResult(FAILED, f"not responding for {age:.0f} s (hung FUSE server?)")
-            box: list[ProbeResult] = []
-            worker = threading.Thread(target=self._run, args=(path, box), daemon=True)
-            self._inflight[path] = (worker, time.monotonic())
-            worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            return ProbeResult(
-                FAILED, f"not responding within {self.timeout:g} s (hung FUSE server?)"
-            )
-        with self._lock:
-            self._inflight.pop(path, None)
-        return box[0]
-
-    @staticmethod
-    def _run(path: str, box: list[ProbeResult]) -> None:
-        try:
-            usage = os.statvfs(path)
-        except OSError as exc:
-            dead = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENOENT)
-            # A server killed mid-request answers ECONNABORTED first, then ENOTCONN.
-            died = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-            reason = "the FUSE server died" if died else exc.strerror
-            box.append(ProbeResult(FAILED, f"{reason} ({errno.errorcode.get(exc.errno or 0)})",
-                                   dead=dead))  # fmt: skip
-            return
-        box.append(ProbeResult(HEALTHY, "", usage=usage))
 
 
 class HealthMonitor:
@@ -99,7 +36,7 @@ class HealthMonitor:
         row = self.manager.ledger.backing(key)
         backend = self.manager.backends.named(row.backend) if row else None
         if entry is None or backend is None or not backend.owns(entry):
-            return ProbeResult(FAILED, "not mounted", dead=True)
+            return ProbeResult(Condition.FAILED, "not mounted", dead=True)
         own = backend.check_health(path, self.prober)
         return self.prober.probe(path) if own is None else own
 
@@ -120,7 +57,7 @@ class HealthMonitor:
                 repair(self.manager, row.key, result.message)
             elif (row.condition, row.message) != (result.condition, result.message):
                 self.manager.ledger.set_condition(row.key, result.condition, result.message)
-                if result.condition != HEALTHY:
+                if result.condition != Condition.HEALTHY:
                     event(log, f"backing mount unhealthy: {result.message}", volume=row.key,
                           level=logging.WARNING)  # fmt: skip
         self.manager.gc_idle()

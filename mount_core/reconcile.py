@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 from mount_core import bind, targets
 from mount_core.errors import HepvolError, InvalidTarget
-from mount_core.health import FAILED, HEALTHY, REPAIRING, Prober
 from mount_core.ledger import BackingRow, ConsumerRow
 from mount_core.logs import event
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition, Prober
 from mount_core.spec import VolumeSpec
 
 log = logging.getLogger("hepvol.reconcile")
@@ -138,7 +138,7 @@ def _restore(
             report.dropped.append(consumer.consumer)
             continue
         report.rebound.append(consumer.consumer)
-    ledger.set_condition(row.key, HEALTHY, "")
+    ledger.set_condition(row.key, Condition.HEALTHY, "")
 
 
 def reconcile(manager: MountManager) -> Report:
@@ -154,7 +154,7 @@ def reconcile(manager: MountManager) -> Report:
                 _restore(manager, fresh, MountTable(), prober, report)
             except HepvolError as exc:
                 report.failed[row.key] = str(exc)
-                manager.ledger.set_condition(row.key, FAILED, str(exc))
+                manager.ledger.set_condition(row.key, Condition.FAILED, str(exc))
     # The mount table first, the ledger second: every mount is recorded (as intent)
     # before it is made, so a mount made meanwhile by another process is either
     # missing from this table or already known to the ledger, never an "orphan".
@@ -187,18 +187,18 @@ def repair(manager: MountManager, key: str, reason: str) -> bool:
             row = manager.ledger.backing(key)
             if row is None:
                 return False
-            manager.ledger.set_condition(key, REPAIRING, reason)
+            manager.ledger.set_condition(key, Condition.REPAIRING, reason)
             for consumer in manager.ledger.consumers(key):
                 if consumer.target is not None:
                     _unbind(manager, consumer.target)
             _restore(manager, row, MountTable(), None, Report())
     except HepvolError as exc:
-        manager.ledger.set_condition(key, FAILED, f"repair failed: {exc}")
+        manager.ledger.set_condition(key, Condition.FAILED, f"repair failed: {exc}")
         event(log, f"repair failed: {exc}", volume=key, level=logging.ERROR)
         return False
     except OSError as exc:
         message = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
-        manager.ledger.set_condition(key, FAILED, f"repair failed: {message}")
+        manager.ledger.set_condition(key, Condition.FAILED, f"repair failed: {message}")
         return False
     event(log, "repaired", volume=key, reason=reason)
     return True

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mount_core.health import FAILED, REPAIRING
 from mount_core.ledger import Ledger
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition
 
 
 @dataclass
@@ -61,8 +61,8 @@ def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStat
         mounted = table.at(row.path) is not None
         condition, message = row.condition, row.message
         # While the health loop repairs a volume it is briefly unmounted: say why.
-        if row.state == "mounted" and not mounted and condition != REPAIRING:
-            condition, message = FAILED, "not mounted"
+        if row.state == "mounted" and not mounted and condition != Condition.REPAIRING:
+            condition, message = Condition.FAILED, "not mounted"
         result.append(
             BackingStatus(
                 key=row.key,

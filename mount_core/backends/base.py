@@ -10,7 +10,7 @@ from mount_core.mountinfo import MountEntry
 from mount_core.spec import VolumeSpec
 
 if TYPE_CHECKING:
-    from mount_core.health import Prober, ProbeResult
+    from mount_core.probe import Prober, ProbeResult
 
 
 class Backend(ABC):

@@ -44,9 +44,9 @@ from mount_core.backends.external import (
 )
 from mount_core.config import Config
 from mount_core.errors import MountFailed, Unavailable
-from mount_core.health import HEALTHY, Prober, ProbeResult
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
+from mount_core.probe import HEALTHY_RESULT, Prober, ProbeResult
 from mount_core.spec import VolumeSpec
 
 log = logging.getLogger("hepvol.cvmfs")
@@ -229,7 +229,7 @@ class Cvmfs2Backend(Backend):
             event(log, "detached repositories whose cvmfs2 died; autofs mounts them again on "
                   "the next access", volume=None, repositories=detached,
                   level=logging.WARNING)  # fmt: skip
-        return ProbeResult(HEALTHY, "")
+        return HEALTHY_RESULT
 
 
 def _served_mount_points() -> set[str]:

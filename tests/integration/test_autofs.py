@@ -22,8 +22,9 @@ import pytest
 from mount_core import bind
 from mount_core.consumer import Consumer
 from mount_core.errors import MountFailed
-from mount_core.health import HEALTHY, HealthMonitor
+from mount_core.health import HealthMonitor
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
 from tests.conftest import REPO, SAMPLE, HepvolEnv, readme_errno, wait_for
 from tests.standins.world import Standins, install
@@ -130,8 +131,8 @@ def test_repository_from_autofs_is_repaired_after_its_client_dies(
     assert _read(tree / SAMPLE) == "sample trunk\n", "the whole tree sees the new mount"
     assert len(autofs.calls("mount.cvmfs")) == 2
     assert {s.key: s.condition for s in manager.status()} == {
-        TRUNK.key: HEALTHY,
-        TREE.key: HEALTHY,
+        TRUNK.key: Condition.HEALTHY,
+        TREE.key: Condition.HEALTHY,
     }
 
 
@@ -249,7 +250,7 @@ def test_dead_repository_in_a_whole_tree_volume_comes_back(
     os.kill(server, signal.SIGKILL)
 
     assert wait_for(lambda: readme_errno(tree / SAMPLE) == errno.ENOTCONN, timeout=5)
-    assert HealthMonitor(manager).run_once()[TREE.key].condition == HEALTHY
+    assert HealthMonitor(manager).run_once()[TREE.key].condition == Condition.HEALTHY
     assert _read(tree / SAMPLE) == "sample trunk\n", "autofs mounted it afresh"
     assert len(autofs.calls("mount.cvmfs")) == 2
 

@@ -14,8 +14,9 @@ import pytest
 from mount_core.backends import Backends
 from mount_core.consumer import Consumer
 from mount_core.errors import InvalidSpec, MountFailed, Unavailable
-from mount_core.health import HEALTHY, HealthMonitor
+from mount_core.health import HealthMonitor
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
 from tests.conftest import SAMPLE, HepvolEnv, hepvol_cli, readme_errno, wait_for
 from tests.standins.world import Standins, install
@@ -203,7 +204,7 @@ def test_dead_client_is_repaired_like_a_local_mount(
     results = HealthMonitor(manager).run_once()
     assert results[spec.key].dead
     assert _read(target) == expected
-    assert manager.status()[0].condition == HEALTHY
+    assert manager.status()[0].condition == Condition.HEALTHY
     assert len(clients.calls()) == 2, "the client was run again to remount"
 
 
@@ -218,4 +219,8 @@ def test_restarted_daemon_adopts_client_mounts_and_status_shows_them(
     shown = hepvol_cli(hepvol_env, "status", "--json")
     assert shown.returncode == 0, shown.stderr
     [row] = json.loads(shown.stdout)["backing_mounts"]
-    assert (row["backend"], row["source"], row["condition"]) == ("cvmfs2", f"{SAMPLE}@v1", HEALTHY)
+    assert (row["backend"], row["source"], row["condition"]) == (
+        "cvmfs2",
+        f"{SAMPLE}@v1",
+        Condition.HEALTHY,
+    )

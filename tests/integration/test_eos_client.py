@@ -15,8 +15,9 @@ import pytest
 from mount_core.backends.eos_config import parse_instances
 from mount_core.consumer import Consumer
 from mount_core.errors import ConfigError, InvalidSpec, MountFailed, NotFound
-from mount_core.health import HEALTHY, HealthMonitor
+from mount_core.health import HealthMonitor
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition
 from mount_core.spec import Credential, VolumeSpec
 from tests.conftest import HepvolEnv, hepvol_cli, readme_errno, wait_for
 from tests.standins.world import EOS_INSTANCE, Standins, install
@@ -180,7 +181,7 @@ def test_dead_eosxd_is_repaired_with_its_credential(
     results = HealthMonitor(hepvol_env.manager()).run_once()
     assert results[spec.key].dead
     assert (target / "README").read_text() == "theory\n"
-    assert manager.status()[0].condition == HEALTHY
+    assert manager.status()[0].condition == Condition.HEALTHY
     if credential is not None:
         file = Path(hepvol_env.config.state_dir) / "credentials" / spec.key / "oauth2.token"
         assert file.read_bytes() == b"token-xyz" and stat.S_IMODE(file.stat().st_mode) == 0o600
@@ -208,4 +209,4 @@ def test_failed_repair_keeps_the_credential_for_the_next_attempt(
     clients.fail("eosxd", None)
     monitor.run_once()
     assert (target / "README").read_text() == "theory\n"
-    assert manager.status()[0].condition == HEALTHY
+    assert manager.status()[0].condition == Condition.HEALTHY

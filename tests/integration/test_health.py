@@ -11,8 +11,9 @@ import pytest
 
 from mount_core.config import Config
 from mount_core.consumer import Consumer
-from mount_core.health import FAILED, HEALTHY, HealthMonitor
+from mount_core.health import HealthMonitor
 from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
 from tests.conftest import SAMPLE, HepvolEnv, hepvol_cli, wait_for
 
@@ -54,7 +55,7 @@ def test_killed_fuse_server_is_detected_and_repaired_at_every_target(
             assert handle.read() == "sample trunk\n"
     assert hepvol_env.server_pids() != [server]
     [status] = hepvol_env.manager().status()
-    assert status.condition == HEALTHY and len(status.consumers) == 2
+    assert status.condition == Condition.HEALTHY and len(status.consumers) == 2
     # The dead mounts were detached, not stacked under the new ones.
     points = [e.mount_point for e in MountTable().under(str(hepvol_env.workdir))]
     assert len(points) == len(set(points)) == 3
@@ -69,7 +70,7 @@ def test_background_loop_repairs_without_being_asked(hepvol_env: HepvolEnv) -> N
         assert wait_for(
             lambda: (
                 all(_readme_errno(t) == 0 for t in targets)
-                and hepvol_env.manager().status()[0].condition == HEALTHY
+                and hepvol_env.manager().status()[0].condition == Condition.HEALTHY
             ),
             timeout=5,
         )
@@ -87,7 +88,7 @@ def test_hung_fuse_server_never_blocks_probe_or_status(hepvol_env: HepvolEnv) ->
         result = monitor.run_once()[SPEC.key]
         elapsed = time.monotonic() - started
         assert elapsed < hepvol_env.config.probe_timeout_seconds + 1.5
-        assert result.condition == FAILED and not result.dead
+        assert result.condition == Condition.FAILED and not result.dead
         assert "not responding" in result.message
         # A second pass does not stack another stuck probe; it reports the age.
         assert "not responding" in monitor.run_once()[SPEC.key].message
@@ -98,7 +99,7 @@ def test_hung_fuse_server_never_blocks_probe_or_status(hepvol_env: HepvolEnv) ->
         assert '"condition": "failed"' in out.stdout and "not responding" in out.stdout
     finally:
         os.kill(server, signal.SIGCONT)
-    assert wait_for(lambda: monitor.run_once()[SPEC.key].condition == HEALTHY, timeout=10)
+    assert wait_for(lambda: monitor.run_once()[SPEC.key].condition == Condition.HEALTHY, timeout=10)
 
 
 def test_idle_grace_keeps_the_mount_until_gc(hepvol_env: HepvolEnv) -> None:
