@@ -17,6 +17,10 @@ from mount_core.spec import Credential, VolumeSpec
 
 #: Keys kubelet and the provisioner add; recorded with the consumer, never parsed.
 K8S_PREFIX = "csi.storage.k8s.io/"
+#: Every prefix of keys that belong to Kubernetes, not to the volume: kubelet's
+#: pod info, and csi-provisioner's ``storage.kubernetes.io/csiProvisionerIdentity``
+#: in the volumeAttributes of every PersistentVolume it creates.
+KUBERNETES_PREFIXES = (K8S_PREFIX, "storage.kubernetes.io/")
 #: Node publish secret keys: the key names the kind of EOS credential.
 CREDENTIAL_KEYS = ("krb5", "oauth2", "eostoken")
 
@@ -52,12 +56,14 @@ def spec_from_context(
 ) -> VolumeSpec:
     """Parse a volume context; unknown keys are refused with the list of valid ones."""
     credential = credential_from(backend, secrets or {})
-    return spec_module.from_options(backend, context, credential=credential, ignore=(K8S_PREFIX,))
+    return spec_module.from_options(
+        backend, context, credential=credential, ignore=KUBERNETES_PREFIXES
+    )
 
 
 def parameters(context: Mapping[str, str]) -> dict[str, Any]:
     """The volume's own keys: what CreateVolume stores and returns as its context."""
-    return {k: v for k, v in sorted(context.items()) if not k.startswith(K8S_PREFIX)}
+    return {k: v for k, v in sorted(context.items()) if not k.startswith(KUBERNETES_PREFIXES)}
 
 
 def is_ephemeral(context: Mapping[str, str]) -> bool:
