@@ -27,7 +27,10 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
 class ReadOnlyTree(pyfuse3.Operations):
-    """Serves a directory tree read-only; symlinks are returned, never followed."""
+    """Serves a directory tree read-only; symlinks are returned, never followed.
+
+    Like cvmfs2 by default, it shows no setuid/setgid bits and no device files.
+    """
 
     enable_writeback_cache = False
 
@@ -51,6 +54,10 @@ class ReadOnlyTree(pyfuse3.Operations):
             st = os.lstat(path)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            # A device file would open the node's device to anyone a later bind
+            # lets in (a runtime's bind without nodev): not shown, as cvmfs2 does.
+            raise pyfuse3.FUSEError(errno.ENOENT)
         ident = (st.st_dev, st.st_ino)
         inode = self._inodes.get(ident)
         if inode is None:
@@ -59,7 +66,9 @@ class ReadOnlyTree(pyfuse3.Operations):
         self._paths.setdefault(inode, path)
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = inode
-        entry.st_mode = st.st_mode & ~0o222
+        # Read-only, and never setuid/setgid: a container runtime may bind a target
+        # again without nosuid, and the program would then run as its owner.
+        entry.st_mode = st.st_mode & ~(0o222 | stat.S_ISUID | stat.S_ISGID)
         entry.st_nlink = st.st_nlink
         entry.st_uid = st.st_uid
         entry.st_gid = st.st_gid
@@ -217,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     options |= {
         f"fsname={args.fsname}",
         "ro",
+        "nosuid",
+        "nodev",
         "allow_other",
         "default_permissions",
     }
