@@ -62,7 +62,7 @@ run: setup
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy mount_core
+	$(VENV)/bin/mypy mount_core hepvol
 
 # The whole suite, in a private mount namespace so that nothing a test mounts can
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.

@@ -113,8 +113,8 @@ def run_scale(consumers: int) -> str:
                    HEPVOL_MOUNT_ROOT=manager.config.mount_root,
                    HEPVOL_TARGET_ROOTS=targets_root, HEPVOL_CONFIG=os.devnull)  # fmt: skip
         bare = _wall([sys.executable, "-c", "pass"], env, 10)
-        status = _wall([sys.executable, "-m", "mount_core.cli", "status"], env, 5)
-        status_json = _wall([sys.executable, "-m", "mount_core.cli", "status", "--json"], env, 5)
+        status = _wall([sys.executable, "-m", "hepvol", "status"], env, 5)
+        status_json = _wall([sys.executable, "-m", "hepvol", "status", "--json"], env, 5)
     finally:
         teardown(manager, workdir)
     summarize("core", f"reconcile() with {consumers} consumers", f"{reconcile.p50_ms:.0f} ms")

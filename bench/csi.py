@@ -93,7 +93,7 @@ def run(count: int, volumes: int) -> str:
     env = dict(os.environ, HEPVOL_CONFIG=_world(workdir))
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mount_core.cli", "csi", "--mode", "node", "--node-id", "bench",
+        [sys.executable, "-m", "hepvol", "csi", "--mode", "node", "--node-id", "bench",
          "--endpoint", endpoint, "--metrics-port", str(port), "--metrics-address", "127.0.0.1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip

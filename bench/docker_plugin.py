@@ -96,7 +96,7 @@ def start_plugin(workdir: str, driver: str, socket_path: str) -> subprocess.Pope
     env = dict(os.environ, HEPVOL_CONFIG=os.path.join(workdir, "config.toml"))
     log = open(os.path.join(workdir, "plugin.log"), "ab")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
-        [sys.executable, "-m", "mount_core.cli", "docker-plugin", "--driver", "cvmfs",
+        [sys.executable, "-m", "hepvol", "docker-plugin", "--driver", "cvmfs",
          "--name", driver, "--socket", socket_path],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -118,7 +118,7 @@ def watch_rss(config: Config, workdir: str, consumers: int) -> tuple[float, floa
         port = probe.getsockname()[1]
     env = dict(os.environ, HEPVOL_CONFIG=os.path.join(workdir, "config.toml"))
     watch = subprocess.Popen(
-        [sys.executable, "-m", "mount_core.cli", "--log-level", "WARNING", "watch",
+        [sys.executable, "-m", "hepvol", "--log-level", "WARNING", "watch",
          "--metrics-port", str(port), "--metrics-address", "127.0.0.1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -47,7 +47,7 @@ def start(config: Config, workdir: str, repository: str) -> CsiDemo:
 
     endpoint = f"unix://{os.path.join(workdir, 'csi.sock')}"
     command = [
-        sys.executable, "-m", "mount_core.cli",
+        sys.executable, "-m", "hepvol",
         "--state-dir", config.state_dir, "--mount-root", config.mount_root,
         "--local-root", config.local.root, "--target-root", config.target_roots[0],
         "csi", "--driver", "cvmfs", "--mode", "node", "--node-id", "demo-node",

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 
 from flexvolume import install
 from mount_core.config import Config
-from mount_core.manager import MountManager
-from mount_core.status import as_table
 
 POD_UID = "4b1d7e2a-0000-4000-8000-00000000d3e0"
 
@@ -44,8 +43,17 @@ def _call(driver: str, *args: str) -> dict[str, object]:
     return reply
 
 
-def show(config: Config, workdir: str, repository: str = "sample.hepvol.org") -> bool:
-    """Replay a pod using ``repository`` through the installed driver; True if all went well."""
+def show(
+    config: Config,
+    workdir: str,
+    status: Callable[[], str],
+    repository: str = "sample.hepvol.org",
+) -> bool:
+    """Replay a pod using ``repository`` through the installed driver; True if all went well.
+
+    ``status`` renders ``hepvol status`` while the pod holds the volume (the app's
+    rendering: a front does not draw status tables).
+    """
     config_path = os.path.join(workdir, "flexvolume-config.toml")
     write_config(config, config_path)
     plugins = os.path.join(workdir, "plugins")
@@ -70,7 +78,7 @@ def show(config: Config, workdir: str, repository: str = "sample.hepvol.org") ->
         ok = _call(driver, "mount", pod, json.dumps(options))["status"] == "Success" and ok
         if ok:
             print(f"$ ls {pod}\n  " + "  ".join(sorted(os.listdir(pod))))
-            print("$ hepvol status\n" + as_table(MountManager(config).status()))
+            print("$ hepvol status\n" + status())
     finally:
         ok = _call(driver, "unmount", pod)["status"] == "Success" and ok
         os.rmdir(pod)  # as kubelet does after unmount

@@ -1,12 +1,14 @@
 """Everything the core knows, as data: for ``hepvol status``, metrics and the fronts.
 
+Rendering it for people and scripts is the app's (:mod:`hepvol.status`).
+
 Status reads the ledger and one snapshot of mountinfo; it never touches a FUSE
 mount, so it answers at once even while a mount hangs.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from mount_core.ledger import Ledger
@@ -78,27 +80,3 @@ def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStat
             )
         )
     return result
-
-
-def as_json(statuses: list[BackingStatus]) -> dict[str, Any]:
-    return {"backing_mounts": [asdict(s) for s in statuses]}
-
-
-def as_table(statuses: list[BackingStatus]) -> str:
-    """A readable table: one line per backing mount, its consumers indented below."""
-    if not statuses:
-        return "no backing mounts"
-    lines = [f"{'VOLUME':<40} {'BACKEND':<8} {'CONDITION':<10} {'USERS':>5}  PATH"]
-    for s in statuses:
-        condition = s.condition + (f" ({s.message})" if s.message else "")
-        lines.append(f"{s.source:<40} {s.backend:<8} {s.condition:<10} {len(s.consumers):>5}  "
-                     f"{s.path}")  # fmt: skip
-        if s.message:
-            lines.append(f"  ! {condition}")
-        for c in s.consumers:
-            pod = c.info.get("pod")
-            where = c.target or "(no target)"
-            extra = f"  pod {pod}" if pod else ""
-            mode = "ro" if c.readonly else "rw"
-            lines.append(f"  - {c.id:<60} {mode} {where}{extra}")
-    return "\n".join(lines)

@@ -162,7 +162,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool: 
 def hepvol_cli(env: HepvolEnv, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the ``hepvol`` CLI in a child process against ``env``."""
     return subprocess.run(
-        [sys.executable, "-m", "mount_core.cli", *args],
+        [sys.executable, "-m", "hepvol", *args],
         env=env.environ(), capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 

@@ -234,7 +234,7 @@ class Plugin:
         environ["DOCKER_HOST"] = self.engine.host
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mount_core.cli", "docker-plugin", "--driver",
+                [sys.executable, "-m", "hepvol", "docker-plugin", "--driver",
                  self.backend, "--name", self.driver],
                 env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=REPO, start_new_session=True,
@@ -285,7 +285,7 @@ class Plugin:
     def backings(self) -> list[dict[str, object]]:
         """``hepvol status --json``: backing mounts with their consumers."""
         result = subprocess.run(
-            [sys.executable, "-m", "mount_core.cli", "status", "--json"],
+            [sys.executable, "-m", "hepvol", "status", "--json"],
             env=self.env.environ(), capture_output=True, text=True, check=True, timeout=60,
         )  # fmt: skip
         found: list[dict[str, object]] = json.loads(result.stdout)["backing_mounts"]

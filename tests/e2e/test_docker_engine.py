@@ -190,7 +190,7 @@ def test_stale_docker_consumers_are_dropped_against_the_engine(plugin: Plugin) -
     assert _consumers(plugin) == {SAMPLE: 1}, "the running container keeps its hold"
     assert docker("exec", reader, "cat", f"/cvmfs/{SAMPLE}/README").stdout == "sample trunk\n"
     gc = subprocess.run(
-        [sys.executable, "-m", "mount_core.cli", "gc"],
+        [sys.executable, "-m", "hepvol", "gc"],
         env={**plugin.env.environ(), "DOCKER_HOST": plugin.engine.host},
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
@@ -250,7 +250,7 @@ def test_socket_is_root_only_and_a_live_one_is_never_taken_over(plugin: Plugin) 
     assert info.st_uid == 0
     assert stat.S_IMODE(plugin.socket.parent.stat().st_mode) == 0o755
     second = subprocess.run(
-        [sys.executable, "-m", "mount_core.cli", "docker-plugin", "--driver", "cvmfs",
+        [sys.executable, "-m", "hepvol", "docker-plugin", "--driver", "cvmfs",
          "--name", plugin.driver],
         env=plugin.env.environ(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

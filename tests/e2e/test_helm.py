@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mount_core import cli
+from hepvol import cli
 from mount_core import config as config_module
 from mount_core.backends import eos_config
 from tests.conftest import REPO

@@ -49,7 +49,7 @@ class CsiProcess:
         environ = {**self.env.environ(), **(extra_env or {})}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mount_core.cli", "csi", "--endpoint", self.endpoint,
+                [sys.executable, "-m", "hepvol", "csi", "--endpoint", self.endpoint,
                  *self.args],
                 env=environ, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip

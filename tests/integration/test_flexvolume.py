@@ -327,8 +327,13 @@ def test_showcase_for_make_run_replays_a_pod(
     hepvol_env: HepvolEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from flexvolume.showcase import show
+    from hepvol.status import as_table
+    from mount_core.manager import MountManager
 
-    assert show(hepvol_env.config, str(hepvol_env.workdir)) is True
+    def status() -> str:
+        return as_table(MountManager(hepvol_env.config).status())
+
+    assert show(hepvol_env.config, str(hepvol_env.workdir), status) is True
     out = capsys.readouterr().out
     assert '"status": "Success"' in out and "pod demo/analysis" in out and "README" in out
     assert [e for e in MountTable().under(str(hepvol_env.workdir))] == []

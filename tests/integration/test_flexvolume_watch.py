@@ -44,7 +44,7 @@ def readme(path: Path) -> str | None:
 def watch(hepvol_env: HepvolEnv) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mount_core.cli", "watch", "--metrics-port", str(port),
+        [sys.executable, "-m", "hepvol", "watch", "--metrics-port", str(port),
          "--metrics-address", "127.0.0.1"],
         env=hepvol_env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

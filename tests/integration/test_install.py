@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mount_core import cli
+from hepvol import cli
 from mount_core import config as config_module
 from tests.conftest import REPO
 
@@ -27,7 +27,7 @@ UNITS = Path("etc/systemd/system")
 def hepvol(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEPVOL_")}
     env["HEPVOL_CONFIG"] = os.devnull
-    return subprocess.run([sys.executable, "-m", "mount_core.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hepvol", *args], capture_output=True,
                           text=True, env=env, timeout=60, check=False)  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def test_unit_command_is_a_valid_hepvol_command_line(root: Path) -> None:
     (line,) = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
     argv = shlex.split(line.removeprefix("ExecStart="))
     assert os.access(argv[0], os.X_OK), argv[0]
-    first = 3 if argv[1:3] == ["-m", "mount_core.cli"] else 1
+    first = 3 if argv[1:3] == ["-m", "hepvol"] else 1
     args = cli.build_parser().parse_args(argv[first:])
     assert (args.command, args.driver) == ("docker-plugin", "eos")
     assert not (root / UNITS / "hepvol-docker-cvmfs.service").exists()

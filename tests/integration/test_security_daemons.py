@@ -65,7 +65,7 @@ def _run(env: HepvolEnv, front: str) -> tuple[int, str]:
         "watch": ["watch", "--metrics-port", "0"],
     }[front]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "mount_core.cli", *argv], env=env.environ(),
+        [sys.executable, "-m", "hepvol", *argv], env=env.environ(),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     return result.returncode, result.stderr

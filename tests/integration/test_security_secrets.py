@@ -99,7 +99,7 @@ def watch_metrics(eos_world: HepvolEnv) -> Iterator[int]:
     port = free_port()
     with open(eos_world.workdir / "watch.log", "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mount_core.cli", "watch", "--metrics-port", str(port),
+            [sys.executable, "-m", "hepvol", "watch", "--metrics-port", str(port),
              "--metrics-address", "127.0.0.1"],
             env=eos_world.environ(), stdout=log, stderr=log, cwd=REPO, start_new_session=True,
         )  # fmt: skip

@@ -19,11 +19,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from hepvol.status import as_table
 from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 from mount_core.spec import Credential, VolumeSpec
-from mount_core.status import as_table
 from tests.conftest import SAMPLE, HepvolEnv, make_world, teardown_world
 from tests.standins.world import EOS_INSTANCE, install
 

@@ -19,13 +19,13 @@ from mount_core.errors import HepvolError
 #: (subcommand, module, help). The module has ``add_arguments(parser)`` and
 #: ``run(args, config) -> int``.
 FRONTS: list[tuple[str, str, str]] = [
-    ("demo", "mount_core.demo", "serve a sample repository through the core and show it"),
+    ("demo", "hepvol.demo", "serve a sample repository through the core and show it"),
     ("csi", "csi_driver.server", "Kubernetes CSI driver (Identity, Node, Controller) on a socket"),
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
-    ("watch", "mount_core.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
+    ("watch", "hepvol.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
     ("docker-plugin", "docker_plugin.command", "Docker volume plugin daemon (cvmfs or eos)"),
-    ("install", "mount_core.install", "set up a Docker host: systemd units, config, state dirs"),
-    ("uninstall", "mount_core.install", "undo `hepvol install` (keeps config and state)"),
+    ("install", "hepvol.install", "set up a Docker host: systemd units, config, state dirs"),
+    ("uninstall", "hepvol.install", "undo `hepvol install` (keeps config and state)"),
 ]
 
 
@@ -52,7 +52,7 @@ def _manager(args: argparse.Namespace) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mount_core import status
+    from hepvol import status
 
     statuses = _manager(args).status()
     if args.json:
@@ -131,7 +131,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,13 +17,13 @@ import signal
 import threading
 from dataclasses import replace
 
+from hepvol.status import as_table
 from mount_core import logs
 from mount_core.config import Config, LocalConfig
 from mount_core.consumer import Consumer
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 from mount_core.spec import VolumeSpec
-from mount_core.status import as_table
 
 SAMPLE = "sample.hepvol.org"
 SAMPLE_FILES = {
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         _section("the core: mount, publish, read")
         _show_core(manager, target)
         _section("Kubernetes FlexVolume: kubelet's calls replayed against cern/cvmfs")
-        ok = showcase.show(config, workdir) and ok
+        ok = showcase.show(config, workdir, status=lambda: as_table(manager.status())) and ok
         _section("Kubernetes CSI: node server and a NodePublishVolume")
         csi = csi_demo.start(config, workdir, SAMPLE)
         stack.callback(csi.stop)

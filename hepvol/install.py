@@ -103,7 +103,7 @@ def hepvol_command() -> str:
     script = os.path.join(os.path.dirname(sys.executable), "hepvol")
     if os.access(script, os.X_OK):
         return script
-    return f"{sys.executable} -m mount_core.cli"
+    return f"{sys.executable} -m hepvol"
 
 
 def unit_text(driver: str, command: str | None = None) -> str:

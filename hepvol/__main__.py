@@ -1,0 +1,7 @@
+"""``python -m hepvol``: the ``hepvol`` command."""
+
+import sys
+
+from hepvol.cli import main
+
+sys.exit(main())
