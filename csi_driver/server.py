@@ -107,6 +107,13 @@ class CsiServer:
         self.mode = mode
         self.manager = MountManager(config, on_operation=metrics.record_operation)
         self.monitor = HealthMonitor(self.manager) if mode != "controller" else None
+        # A node that serves CSI may also have FlexVolume pods: their launchers hand
+        # calls to this daemon instead of importing the core per call.
+        self.relay = None
+        if mode != "controller":
+            from flexvolume.relay import RelayServer
+
+            self.relay = RelayServer(self.manager)
         self.identity = IdentityService(name, driver, controller=mode != "node")
         self.server: grpc.Server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csi"),
@@ -142,6 +149,8 @@ class CsiServer:
         finally:
             os.umask(umask)
         self.server.start()
+        if self.relay is not None:
+            self.relay.start()
         self.identity.ready.set()
 
     def stop(self, grace: float = 5.0) -> None:
@@ -149,6 +158,8 @@ class CsiServer:
         self.identity.ready.clear()
         self.health.set_serving(False)
         self.server.stop(grace).wait()
+        if self.relay is not None:
+            self.relay.stop()
         if self.monitor is not None:
             self.monitor.stop()
         with contextlib.suppress(FileNotFoundError):

@@ -27,7 +27,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     # The launcher names the config file this command used, so that a driver run
     # by kubelet (whose environment has no HEPVOL_CONFIG) sees the same settings.
     config_path = args.config or os.environ.get("HEPVOL_CONFIG")
-    for path in install.install(args.plugin_dir, config_path):
+    from flexvolume.relay import socket_path
+
+    for path in install.install(args.plugin_dir, config_path, socket_path(config.state_dir)):
         print(f"installed {path}")
     if not config_path:
         print("the drivers read /etc/hepvol/config.toml (or the built-in defaults)")

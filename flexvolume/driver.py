@@ -59,13 +59,22 @@ def reply(status: str, message: str = "", **extra: object) -> Reply:
 class Call:
     """One driver invocation: the backend it serves and where its config lives."""
 
-    def __init__(self, backend: str, config_path: str | None) -> None:
+    def __init__(
+        self,
+        backend: str,
+        config_path: str | None,
+        opened: tuple[MountManager, logging.Logger] | None = None,
+    ) -> None:
         self.backend = backend
         self.config_path = config_path
-        self.log: logging.Logger | None = None
+        #: A node daemon serving the call (:mod:`flexvolume.relay`) passes its own core.
+        self.opened = opened
+        self.log: logging.Logger | None = opened[1] if opened else None
 
     def _open(self) -> tuple[MountManager, logging.Logger]:
         """Load the config, send logs to the state dir, and build the core."""
+        if self.opened is not None:
+            return self.opened
         import logging
 
         from mount_core import config, logs
@@ -179,7 +188,8 @@ def answer(call: Call, argv: list[str]) -> Reply:
         return failure
 
 
-def _encode(result: Reply) -> bytes:
+def encode(result: Reply) -> bytes:
+    """The reply as the driver prints it: one JSON line."""
     if result.keys() == {"status"} and result["status"] == NOT_SUPPORTED:
         return b'{"status": "Not supported"}\n'  # the common case, without importing json
     if result.get("capabilities") is CAPABILITIES and len(result) == 2:
@@ -200,7 +210,7 @@ def main(argv: list[str], backend: str, config_path: str | None = None) -> int:
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
     result = answer(Call(backend, config_path), argv)
     try:
-        data = _encode(result)
+        data = encode(result)
     except BaseException as exc:
         data = b'{"status": "Failure", "message": "internal error: cannot encode the reply"}\n'
         result = {"status": FAILURE, "error": type(exc).__name__}

@@ -22,17 +22,29 @@ from mount_core.errors import ConfigError
 DEFAULT_PLUGIN_DIR = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec"
 VENDOR = "cern"
 BACKENDS = ("cvmfs", "eos")
+#: How long a launcher waits for the node daemon's reply before it runs the call
+#: itself (a hung daemon costs a call this much, never a failure). A cold mount by
+#: the daemon can take longer: the call then waits for it on the volume's lock.
+RELAY_TIMEOUT = 10.0
 # Linux reads at most 255 bytes of a #! line (127 before 5.1).
 _MAX_SHEBANG = 127
 
 _TEMPLATE = """#!{python} -IS
 # hepvol FlexVolume driver {vendor}/{backend}: written by `hepvol flexvolume install`.
 # Reinstall rather than edit. Logs: <state dir>/logs/flexvolume.log.
-import os
 import sys
 
 # After the standard library, as site would put them: nothing here can shadow it.
 sys.path += {paths!r}
+try:
+    # A running node daemon serves mount/unmount (this returns when none can).
+    from flexvolume.handoff import hand_over
+
+    hand_over(sys.argv[1:], {backend!r}, {relay!r}, {relay_timeout!r})
+except Exception:
+    pass
+import os
+
 try:
     from flexvolume.driver import main
 except BaseException as exc:
@@ -51,8 +63,14 @@ def driver_path(plugin_dir: str, backend: str) -> str:
     return os.path.join(plugin_dir, f"{VENDOR}~{backend}", backend)
 
 
-def launcher(backend: str, config_path: str | None, python: str | None = None) -> str:
-    """The text of the launcher for ``backend``."""
+def launcher(
+    backend: str,
+    config_path: str | None,
+    python: str | None = None,
+    relay: str | None = None,
+    relay_timeout: float = RELAY_TIMEOUT,
+) -> str:
+    """The text of the launcher for ``backend`` (``relay``: the node daemon's socket)."""
     python = python or sys.executable
     if not os.path.isabs(python) or len(python) + 5 > _MAX_SHEBANG:
         raise ConfigError(
@@ -74,7 +92,7 @@ def launcher(backend: str, config_path: str | None, python: str | None = None) -
             paths.append(directory)
     config = os.path.abspath(config_path) if config_path else None
     return _TEMPLATE.format(python=python, vendor=VENDOR, backend=backend, paths=paths,
-                            config=config)  # fmt: skip
+                            config=config, relay=relay, relay_timeout=relay_timeout)  # fmt: skip
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -94,12 +112,22 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
-def install(plugin_dir: str, config_path: str | None) -> list[str]:
-    """Write every driver's launcher; returns their paths."""
+def install(
+    plugin_dir: str,
+    config_path: str | None,
+    relay: str | None = None,
+    relay_timeout: float = RELAY_TIMEOUT,
+) -> list[str]:
+    """Write every driver's launcher; returns their paths.
+
+    ``relay`` is the node daemon's socket (:func:`flexvolume.relay.socket_path` of the
+    configured state dir); the launchers hand mount/unmount to it when it answers.
+    """
     written = []
     for backend in BACKENDS:
         path = driver_path(plugin_dir, backend)
-        _write_atomically(path, launcher(backend, config_path))
+        _write_atomically(path, launcher(backend, config_path, relay=relay,
+                                         relay_timeout=relay_timeout))  # fmt: skip
         written.append(path)
     return written
 

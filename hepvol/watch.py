@@ -63,8 +63,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
             ) from None
     monitor = HealthMonitor(manager)
     monitor.start()
+    # FlexVolume launchers hand their calls to this daemon (a call is then an
+    # interpreter start and a round trip instead of importing the core).
+    from flexvolume.relay import RelayServer
+
+    relay = RelayServer(manager)
+    relay.start()
     event(log, "watching", interval=monitor.interval, metrics_port=args.metrics_port)
     stop.wait()
+    relay.stop()
     monitor.stop()
     if server is not None:
         server[0].shutdown()
