@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mount_core import rootdirs
 from mount_core.errors import Busy, StateError
 
 
@@ -95,7 +96,7 @@ class LockDir:
 
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, "locks")
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        rootdirs.ensure(self.path, "lock directory", 0o700)
 
     @contextmanager
     def hold(self, key: str, timeout: float, *, shared: bool = False) -> Iterator[None]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from mount_core import bind, targets
+from mount_core import bind, rootdirs, targets
 from mount_core.backends import Backends
 from mount_core.config import Config
 from mount_core.consumer import Consumer
@@ -39,19 +39,12 @@ OperationObserver = Callable[[str, str, float, bool], None]
 
 
 def check_private_dir(path: str) -> None:
-    """Create ``path`` 0700 if missing; refuse one that someone other than root can write.
+    """Create the state dir 0700 if missing; refuse one that someone other than root can write.
 
     The ledger and lock files decide what gets mounted where: a state dir writable by
     an unprivileged user would let that user steer a root daemon.
     """
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise StateError(
-            f"state directory {path} is writable by a user other than root "
-            f"(owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}); "
-            f"fix it with: chown root:root {path} && chmod 0700 {path}"
-        )
+    rootdirs.ensure(path, "state directory", 0o700)
 
 
 def _serving_path(backing_path: str, spec: VolumeSpec) -> str:
@@ -75,6 +68,7 @@ class MountManager:
     ) -> None:
         self.config = config
         check_private_dir(config.state_dir)
+        rootdirs.ensure(config.mount_root, "mount_root", 0o755)
         self.ledger = ledger or Ledger(config.ledger_path)
         self.backends = backends or Backends(config)
         self.locks = LockDir(config.state_dir)
@@ -127,6 +121,7 @@ class MountManager:
         else:
             self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, "mounting")
             try:
+                rootdirs.mount_point(path)
                 backend.mount(spec, path)
             except BaseException:
                 if self.ledger.count(spec.key) == 0:

@@ -27,9 +27,14 @@ _INSTANCE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$")
 _CONFIG_LINE = re.compile(r"^(CVMFS_[A-Z0-9_]+)=([^\x00-\x1f]*)$")
 _CREDENTIAL_KINDS = ("krb5", "oauth2", "eostoken")
 
+#: Longest repository name. DNS allows 253, but hepvol builds file names from a
+#: volume's key (``cvmfs-<name>-<12 hex>``, 19 more) plus at most 12 more
+#: (``localfs-<key>.log``), and a file name holds 255 bytes; 200 leaves room.
+MAX_REPOSITORY = 200
 REPOSITORY_RULE = (
     "must be a fully qualified repository name such as atlas.cern.ch "
-    "(lowercase labels of a-z, 0-9 and '-', separated by dots, at most 253 characters)"
+    "(lowercase labels of a-z, 0-9 and '-', separated by dots, "
+    f"at most {MAX_REPOSITORY} characters)"
 )
 CVMFS_OPTIONS = ("repository", "tag", "hash", "date", "clientConfig")
 EOS_OPTIONS = ("instance", "path")
@@ -203,7 +208,7 @@ class VolumeSpec:
 
 
 def check_repository(name: object) -> str:
-    if not isinstance(name, str) or len(name) > 253 or not _REPOSITORY.fullmatch(name):
+    if not isinstance(name, str) or len(name) > MAX_REPOSITORY or not _REPOSITORY.fullmatch(name):
         raise InvalidSpec("repository", name, REPOSITORY_RULE)
     return name
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mount_core import bind
+from mount_core import bind, rootdirs
 from mount_core.errors import InvalidTarget, NotFound, quote_value
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -81,8 +81,9 @@ def open_target(target: str, roots: Sequence[str], *, create: bool) -> Iterator[
     """
     root = root_of(target, roots)
     parts = target[len(root) :].strip("/").split("/")
+    rootdirs.check(root, "target root")
     try:
-        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise InvalidTarget(f"target root {root} cannot be opened: {exc.strerror}") from None
     created = False
@@ -170,7 +171,8 @@ def release(target: str, roots: Sequence[str], *, remove_dir: bool) -> bool:
 
 @contextmanager
 def _root_fd(root: str) -> Iterator[OpenTarget]:
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    rootdirs.check(root, "target root")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         yield OpenTarget(root, fd, False)
     finally:

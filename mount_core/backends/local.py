@@ -15,13 +15,14 @@ import sys
 import time
 from collections.abc import Iterator
 
-from mount_core import bind, cgroups
+from mount_core import bind, cgroups, rootdirs
 from mount_core.backends.base import Backend
-from mount_core.errors import MountFailed, MountTimeout, NotFound, Unavailable
+from mount_core.errors import InvalidSpec, MountFailed, MountTimeout, NotFound, Unavailable
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.spec import VolumeSpec
 
 FSTYPE = "fuse.hepvol"
+NAME_MAX = 255
 FSNAME_PREFIX = "hepvol:"
 
 
@@ -64,6 +65,12 @@ class LocalBackend(Backend):
                 name = spec.repository
         else:
             name = spec.instance or ""
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise InvalidSpec(
+                "tag" if spec.tag else "hash", spec.tag or spec.hash,
+                f"the local backend serves {spec.source} from a directory of that name, "
+                f"and a name holds {NAME_MAX} bytes: use a shorter tag",
+            )  # fmt: skip
         path = os.path.join(self.root, name) if name else self.root
         if not os.path.isdir(path):
             raise NotFound(
@@ -87,7 +94,7 @@ class LocalBackend(Backend):
         """
         import fcntl
 
-        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        rootdirs.ensure(self.run_dir, "run directory", 0o700)
         fd = os.open(self.pidfile(path)[: -len(".pid")] + ".starting",
                      os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # fmt: skip
         try:
@@ -118,8 +125,8 @@ class LocalBackend(Backend):
         import subprocess  # here: a FlexVolume call on a mounted volume never needs it
 
         source = self.source_dir(spec)
-        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        rootdirs.ensure(self.log_dir, "log directory", 0o700)
+        rootdirs.mount_point(path)
         pidfile = self.pidfile(path)
         command = [
             sys.executable, "-m", "mount_core.backends.localfs",

@@ -41,3 +41,7 @@ def make_env(tmp_path: Path) -> Iterator[WorldFactory]:
     finally:
         for env in made:
             teardown_world(env.workdir, env.server_pids())
+
+
+# The fault suite's world served by all three fronts (csi, plugin, kubelet).
+from tests.faults.conftest import csi, kubelet, plugin, world  # noqa: E402, F401
