@@ -38,7 +38,7 @@ def driver(hepvol_env: HepvolEnv) -> tuple[str, str]:
 @pytest.fixture
 def daemon(hepvol_env: HepvolEnv, driver: tuple[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mount_core.cli", "watch", "--metrics-port", "0"],
+        [sys.executable, "-m", "hepvol", "watch", "--metrics-port", "0"],
         env=hepvol_env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
