@@ -2,7 +2,8 @@
 
 One gunicorn worker process with a pool of threads (``gthread``). The daemon's
 background work — ``reconcile()`` at start, the one :class:`HealthMonitor`, the
-start-up check for stale Docker consumers (itself run in a short-lived child, so
+start-up contact with the engine (announcing the driver, dropping stale Docker
+consumers; itself run in a short-lived child, so
 the ``docker`` package never weighs on the daemon) — is started from that
 worker's ``post_worker_init`` hook. With a single worker there is exactly one
 health loop per daemon, and if gunicorn replaces a crashed worker the loop comes
@@ -72,8 +73,9 @@ def prepare_socket(path: str, wait: float = 5.0) -> None:
         os.unlink(path)
 
 
-def _drop_stale_in_child(config: Config, settings: Settings) -> bool:
-    """Run the stale-consumer check in a short-lived child; True once the engine answered.
+def _contact_engine_in_child(config: Config, settings: Settings) -> bool:
+    """Announce the driver to the engine and run the stale-consumer check, in a
+    short-lived child (:func:`docker_plugin.stale.main`); True once the engine answered.
 
     A child, so that the ``docker`` package (requests, urllib3, …) never weighs
     on the daemon's memory.
@@ -104,7 +106,7 @@ def _start_background(
         monitor.start()
         # dockerd usually starts after the plugin: keep asking for a while.
         deadline = time.monotonic() + settings.engine_wait_seconds
-        while not _drop_stale_in_child(config, settings) and time.monotonic() < deadline:
+        while not _contact_engine_in_child(config, settings) and time.monotonic() < deadline:
             time.sleep(5)
 
     threading.Thread(target=work, name="hepvol-docker-start", daemon=True).start()

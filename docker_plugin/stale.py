@@ -10,6 +10,11 @@ against the Docker consumers recorded for it. Only consumers older than
 container starting right now or a ``docker cp`` re-mount never loses its hold;
 the excess is dropped, oldest first. The error is always towards keeping a
 mount. If the engine cannot be asked, nothing is dropped.
+
+The same start-up contact announces the driver: dockerd only lists a legacy
+(socket-file) plugin among a node's plugins once it has looked it up, and Docker
+Swarm schedules a task with a volume of that driver only on nodes that list it
+(a service otherwise stays pending: "missing plugin on 1 node").
 """
 
 from __future__ import annotations
@@ -45,13 +50,26 @@ class StaleReport:
         return {"dropped": self.dropped, "error": self.error}
 
 
-def holding_containers(docker_host: str | None, timeout: float = 10.0) -> Counter[tuple[str, str]]:
-    """(driver, volume name) -> number of containers that can hold it, from the engine."""
+def _client(docker_host: str | None, timeout: float) -> Any:
     import docker
 
-    client = docker.DockerClient(base_url=docker_host, timeout=int(timeout)) if docker_host else (
-        docker.from_env(timeout=int(timeout))
-    )  # fmt: skip
+    if docker_host:
+        return docker.DockerClient(base_url=docker_host, timeout=int(timeout))
+    return docker.from_env(timeout=int(timeout))
+
+
+def announce_driver(docker_host: str | None, driver: str, timeout: float = 10.0) -> None:
+    """Make the engine look up ``driver`` (listing its volumes), so that it advertises it."""
+    client = _client(docker_host, timeout)
+    try:
+        client.api.volumes(filters={"driver": driver})
+    finally:
+        client.close()
+
+
+def holding_containers(docker_host: str | None, timeout: float = 10.0) -> Counter[tuple[str, str]]:
+    """(driver, volume name) -> number of containers that can hold it, from the engine."""
+    client = _client(docker_host, timeout)
     try:
         counts: Counter[tuple[str, str]] = Counter()
         for container in client.api.containers(all=True):
@@ -111,12 +129,17 @@ def drop_stale(
 
 
 def main() -> int:
-    """The daemon's start-up check, run as a child: 0 done, 3 engine not reachable."""
+    """The daemon's start-up contact, run as a child: 0 done, 3 engine not reachable."""
     from docker_plugin.settings import take_handover
     from mount_core import logs
 
     config, settings = take_handover()
     logs.configure(config.log_level)
+    try:
+        announce_driver(settings.docker_host, settings.driver)
+    except Exception as exc:
+        print(json.dumps({"error": f"the Docker engine could not be asked ({type(exc).__name__})"}))
+        return 3
     report = drop_stale(MountManager(config), settings.docker_host)
     print(json.dumps(report.as_dict()))
     return 3 if report.error else 0
