@@ -9,7 +9,8 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv autof
                 util-linux procps iproute2 docker.io busybox-static debootstrap golang-go
 PYTEST_ARGS ?=
 
-.PHONY: all setup root apt venv go run test lint bench clean tools manifests image managed-plugin
+.PHONY: all setup root apt venv go run test lint bench clean tools manifests image managed-plugin \
+        cvmfs-client
 
 # Long builds and downloads are cached outside the clone, keyed by version, so a
 # second run on the same machine (CI right after a session) skips them.
@@ -64,9 +65,15 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy mount_core hepvol
 
+# The real CernVM-FS client and a local stratum 0 serving demo.hepvol.org (from
+# ../shared/tools/cvmfs), for tests/realclient/ and bench/: a fast no-op when it
+# already answers; without ../shared an installed client is used, or the suite skips.
+cvmfs-client: root
+	tests/realclient/cvmfs-client-setup
+
 # The whole suite, in a private mount namespace so that nothing a test mounts can
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.
-test: setup lint tools
+test: setup lint tools cvmfs-client
 	CSI_SANITY=$(TOOLS)/bin/csi-sanity unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
 	unshare --mount --propagation private -- $(PY) -m bench --quick
 

@@ -38,6 +38,11 @@ class CvmfsConfig:
     cvmfs2: str = "/usr/bin/cvmfs2"
     automount_program: str = "/usr/sbin/automount"
     automount_timeout_seconds: int = 300
+    #: The autofs program map: "" is hepvol's own, /etc/auto.cvmfs the client's.
+    automount_map: str = ""
+    #: Config, cache and reload sockets of private (pinned) cvmfs2 mounts, one
+    #: directory per mount; cvmfs2 reads them as CVMFS_USER, so not in state_dir.
+    cache_root: str = "/var/lib/cvmfs/hepvol"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class Config:
             _absolute(name, getattr(self, name))
         _absolute("local.root", self.local.root)
         _absolute("cvmfs.root", self.cvmfs.root)
+        _absolute("cvmfs.cache_root", self.cvmfs.cache_root)
+        if self.cvmfs.automount_map:
+            _absolute("cvmfs.automount_map", self.cvmfs.automount_map)
         if not self.target_roots:
             raise ConfigError("target_roots is empty: give at least one directory for targets")
         for root in self.target_roots:

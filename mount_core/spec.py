@@ -22,7 +22,8 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _REPOSITORY = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _HASH = re.compile(r"^[0-9a-f]{40,128}(?:-[a-z]+)?$")
-_DATE_CHARS = re.compile(r"^[0-9T:+\-Z.]{10,40}$")
+#: The one form the CVMFS client takes for CVMFS_REPOSITORY_DATE (UTC).
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _INSTANCE = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$")
 _CONFIG_LINE = re.compile(r"^(CVMFS_[A-Z0-9_]+)=([^\x00-\x1f]*)$")
 _CREDENTIAL_KINDS = ("krb5", "oauth2", "eostoken")
@@ -214,11 +215,11 @@ def check_repository(name: object) -> str:
 
 
 def check_date(value: str) -> str:
-    rule = "must be an ISO 8601 date or time such as 2024-05-01T00:00:00Z"
-    if not _DATE_CHARS.fullmatch(value):
+    rule = "must be a UTC time written YYYY-MM-DDTHH:MM:SSZ, e.g. 2024-05-01T00:00:00Z"
+    if not _DATE.fullmatch(value):
         raise InvalidSpec("date", value, rule)
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
         raise InvalidSpec("date", value, rule) from None
     return value

@@ -32,7 +32,13 @@ class Automounter:
     """The ``automount`` process serving one indirect autofs root."""
 
     def __init__(
-        self, root: str, program: str, idle_timeout: int, state_dir: str, wait: float
+        self,
+        root: str,
+        program: str,
+        idle_timeout: int,
+        state_dir: str,
+        wait: float,
+        map_program: str = "",
     ) -> None:
         self.root = os.path.normpath(root)
         self.program = program
@@ -40,7 +46,9 @@ class Automounter:
         self.wait = wait
         self.dir = os.path.join(state_dir, "autofs")
         self.master = os.path.join(self.dir, "auto.master")
-        self.map = os.path.join(self.dir, "auto.cvmfs")
+        #: The client's own program map (/etc/auto.cvmfs) when configured, else ours.
+        self.own_map = not map_program
+        self.map = map_program or os.path.join(self.dir, "auto.cvmfs")
         self.pidfile = os.path.join(self.dir, "automount.pid")
         self.locks = LockDir(state_dir)
         #: automount must outlive a containerised daemon like the FUSE servers.
@@ -51,10 +59,11 @@ class Automounter:
     def _install(self) -> None:
         """Write the program map and the master map (atomically, executable map)."""
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
-        with open(cvmfs_automap.__file__, encoding="utf-8") as handle:
-            body = handle.read()
-        # The interpreter that has mount_core installed runs the map.
-        _write(self.map, f"#!{sys.executable} -I\n{body}", 0o755)
+        if self.own_map:
+            with open(cvmfs_automap.__file__, encoding="utf-8") as handle:
+                body = handle.read()
+            # The interpreter that has mount_core installed runs the map.
+            _write(self.map, f"#!{sys.executable} -I\n{body}", 0o755)
         _write(
             self.master, f"{self.root} program:{self.map} --timeout={self.idle_timeout}\n", 0o644
         )

@@ -12,7 +12,9 @@ Where each kind of volume lives and how it is mounted:
 * a pinned repository (``tag``, ``hash``, ``date``) or one with its own
   ``clientConfig``: a private ``cvmfs2 -o config=FILE <repo> <dir>`` mount at
   ``<mount root>/<key>``, one per distinct (repo, pin, config), with a generated
-  config under ``<state dir>/cvmfs/<key>/`` (see :mod:`.cvmfs_config`);
+  config under ``<state dir>/cvmfs/<key>/`` (see :mod:`.cvmfs_config`), started
+  as ``mount.cvmfs`` starts a system mount (the site's user, ``allow_other``) and
+  named ``hepvol:<key>`` in mountinfo (see :mod:`.cvmfs_client`);
 * with ``cvmfs.automount``: hepvol owns an autofs root on ``cvmfs.root`` (see
   :mod:`.autofs`). A single repository is bound from ``<root>/<repo>`` to
   ``<mount root>/cvmfs-<repo>`` (that bind keeps the repository alive for its
@@ -20,7 +22,12 @@ Where each kind of volume lives and how it is mounted:
   repository) is the root itself, bound recursively as a slave into targets.
   Repositories nobody holds are left to autofs' own idle timeout.
 
-Both FUSE kinds are unmounted with ``fusermount3 -u`` (``fusermount -u``).
+Both FUSE kinds are unmounted with ``fusermount3 -u`` (``fusermount -u``). A mount
+is only reported made once the kernel shows it (cvmfs2 exits 0 without mounting
+when another cvmfs2 holds its cache); whenever mounting fails after a client ran,
+what it mounted is unmounted and what it started is killed before the error is
+returned. A repository, tag, date or hash that does not exist is a
+:class:`~mount_core.errors.NotFound` naming it.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
+import subprocess
 
 from mount_core import bind, targets
+from mount_core.backends import cvmfs_client
 from mount_core.backends.autofs import Automounter
 from mount_core.backends.base import Backend
-from mount_core.backends.cvmfs_config import render
+from mount_core.backends.cvmfs_config import client_settings, render, volume_settings
 from mount_core.backends.external import (
     CVMFS_EXIT_CODES,
+    client_message,
     failure,
     fuse_unmount,
     fusermount_program,
@@ -43,7 +54,7 @@ from mount_core.backends.external import (
     run_client,
 )
 from mount_core.config import Config
-from mount_core.errors import MountFailed, Unavailable
+from mount_core.errors import HepvolError, MountFailed, NotFound, Unavailable
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.probe import HEALTHY_RESULT, Prober, ProbeResult
@@ -72,7 +83,7 @@ class Cvmfs2Backend(Backend):
     def __init__(self, config: Config) -> None:
         super().__init__(config.mount_root)
         self.settings = config.cvmfs
-        self.private_root = os.path.join(config.state_dir, "cvmfs")
+        self.private_root = config.cvmfs.cache_root
         self.timeout = config.mount_timeout_seconds
         self.probe_timeout = config.probe_timeout_seconds
         self.automounter: Automounter | None = None
@@ -83,6 +94,7 @@ class Cvmfs2Backend(Backend):
                 config.cvmfs.automount_timeout_seconds,
                 config.state_dir,
                 config.mount_timeout_seconds,
+                config.cvmfs.automount_map,
             )
             self.automounter.server_cgroups = config.server_cgroups
 
@@ -110,6 +122,26 @@ class Cvmfs2Backend(Backend):
         """Generated config, cache and reload sockets of a private mount."""
         return os.path.join(self.private_root, key)
 
+    def _make_private_dir(self, key: str, user: cvmfs_client.ClientUser) -> str:
+        """``<cache_root>/<key>``: root's, readable by the client's user; cache and
+        sockets below it the user's. The cache root sits in the client's area
+        (/var/lib/cvmfs, the cvmfs user's), so nothing there may be a symlink or
+        anyone else's before root writes into it."""
+        directory = self.private_dir(key)
+        for made in (self.private_root, directory):
+            os.makedirs(made, mode=0o755, exist_ok=True)
+            st = os.lstat(made)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+                raise MountFailed(
+                    f"{made} (cvmfs.cache_root) must be a directory owned by root and "
+                    "writable only by root; remove it and hepvol recreates it"
+                )
+        for owned in ("cache", "run"):
+            path = os.path.join(directory, owned)
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.lchown(path, user.uid, user.gid)
+        return directory
+
     def bind_recursive(self, spec: VolumeSpec) -> bool:
         return spec.repository is None
 
@@ -121,20 +153,50 @@ class Cvmfs2Backend(Backend):
             self.automounter.ensure()
             return
         os.makedirs(path, mode=0o755, exist_ok=True)
-        if spec.pinned:
-            self._mount_private(spec, path)
-        elif self.automounter is not None:
-            self._mount_from_autofs(spec, path)
-        else:
-            self._mount_system(spec, path)
-        entry = MountTable().at(path)
-        if entry is None or not self.owns(entry):
-            raise MountFailed(
-                f"cannot mount {spec.source}: the client reported success but {path} "
-                "is not a cvmfs2 mount"
-            )
+        try:
+            if spec.pinned:
+                self._mount_private(spec, path)
+            elif self.automounter is not None:
+                self._mount_from_autofs(spec, path)
+            else:
+                self._mount_system(spec, path)
+            entry = MountTable().at(path)
+            if entry is None or not self.owns(entry):
+                raise MountFailed(
+                    f"cannot mount {spec.source}: the client reported success but {path} "
+                    "is not a cvmfs2 mount"
+                )
+        except BaseException:
+            self._clean_up(spec, path)
+            raise
         event(log, "cvmfs mounted", volume=spec.key, path=path,
               kind="private" if spec.pinned else "system")  # fmt: skip
+
+    def _clean_up(self, spec: VolumeSpec, path: str) -> None:
+        """Undo what a failed mount left: its mount, its client processes, its files."""
+        if MountTable().at(path) is not None:
+            fuse_unmount(path, lazy=True, timeout=self.timeout)
+        cvmfs_client.kill(cvmfs_client.client_pids(mount_point=path))
+        if spec.pinned:
+            directory = self.private_dir(spec.key)
+            cvmfs_client.kill(
+                cvmfs_client.client_pids(config_file=os.path.join(directory, "client.conf"))
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _refuse(self, spec: VolumeSpec, result: subprocess.CompletedProcess[str],
+                hint: str = "", codes: dict[int, str] | None = None) -> HepvolError:  # fmt: skip
+        """The error for a client that exited non-zero: NotFound when something is missing."""
+        assert spec.repository is not None
+        output = result.stderr + "\n" + result.stdout
+        if result.returncode in (15, 16, 22, 32):
+            settings = client_settings(self.settings.cvmfs2, spec.repository, self.timeout)
+            settings.update(volume_settings(spec))
+            what = cvmfs_client.missing(spec, output, settings)
+            if what is not None:
+                return NotFound(f"cannot mount {spec.source}: {what} "
+                                f"(the client: {client_message(output)!r})")  # fmt: skip
+        return failure(spec.source, result, hint, codes)
 
     def _mount_system(self, spec: VolumeSpec, path: str) -> None:
         assert spec.repository is not None
@@ -144,25 +206,35 @@ class Cvmfs2Backend(Backend):
         )
         if result.returncode != 0:
             hint = _ALREADY_MOUNTED_HINT if "already mounted" in result.stderr else ""
-            raise failure(spec.source, result, hint, CVMFS_EXIT_CODES)
+            raise self._refuse(spec, result, hint, CVMFS_EXIT_CODES)
 
     def _mount_private(self, spec: VolumeSpec, path: str) -> None:
         assert spec.repository is not None
-        directory = self.private_dir(spec.key)
+        site = client_settings(self.settings.cvmfs2, spec.repository, self.timeout)
+        user = cvmfs_client.client_user(site)
+        config_file = os.path.join(self.private_dir(spec.key), "client.conf")
+        # A cvmfs2 left on this cache (its mount held in another mount namespace)
+        # would make the new one exit 0 without mounting ("already mounted").
+        cvmfs_client.kill(cvmfs_client.client_pids(config_file=config_file))
+        directory = self._make_private_dir(spec.key, user)
         cache, sockets = os.path.join(directory, "cache"), os.path.join(directory, "run")
-        for made in (directory, cache, sockets):
-            os.makedirs(made, mode=0o755, exist_ok=True)
-        config_file = os.path.join(directory, "client.conf")
-        text = render(spec, self.settings.config_dir, cache, sockets)
-        with open(config_file + ".new", "w", encoding="utf-8") as handle:
+        text = render(spec, site, self.settings.config_dir, cache, sockets)
+        fd = os.open(config_file + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)  # fmt: skip
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(config_file + ".new", config_file)
-        argv = [self.settings.cvmfs2, "-o", f"config={config_file}", spec.repository, path]
-        result = run_client(
-            argv, timeout=self.timeout, what=spec.source, server_cgroups=self.server_cgroups
-        )
+        options = cvmfs_client.mount_options(config_file, spec.key, user)
+        argv = [self.settings.cvmfs2, "-o", options, spec.repository, path]
+        result = run_client(argv, timeout=self.timeout, what=spec.source,
+                            server_cgroups=self.server_cgroups, groups=user.groups)  # fmt: skip
         if result.returncode != 0:
-            raise failure(spec.source, result)
+            raise self._refuse(spec, result)
+        if MountTable().at(path) is None:
+            raise MountFailed(
+                f"cannot mount {spec.source}: cvmfs2 exited 0 but {path} is not mounted: "
+                f"{client_message(result.stderr + chr(10) + result.stdout)!r}"
+            )
 
     def _mount_from_autofs(self, spec: VolumeSpec, path: str) -> None:
         assert self.automounter is not None and spec.repository is not None
@@ -190,9 +262,17 @@ class Cvmfs2Backend(Backend):
             # by autofs' own timeout.
             return
         fuse_unmount(path, lazy=False, timeout=self.timeout)
-        key = os.path.basename(path)
-        directory = self.private_dir(key)
-        if os.path.dirname(path) == os.path.normpath(self.mount_root) and os.path.isdir(directory):
+        pids = cvmfs_client.client_pids(mount_point=path)
+        directory = self.private_dir(os.path.basename(path))
+        private = os.path.dirname(path) == os.path.normpath(self.mount_root) and os.path.isdir(
+            directory
+        )
+        if private:
+            # A copy of the mount in another mount namespace keeps its cvmfs2
+            # running on a cache that is about to be removed.
+            pids += cvmfs_client.client_pids(config_file=os.path.join(directory, "client.conf"))
+        cvmfs_client.stop(pids, grace=min(self.timeout, 5.0))
+        if private:
             shutil.rmtree(directory, ignore_errors=True)
 
     # Questions -------------------------------------------------------------------
@@ -201,7 +281,8 @@ class Cvmfs2Backend(Backend):
         if self.automounter is not None and entry.mount_point == self.automounter.root:
             return entry.fstype == "autofs"
         inside = entry.mount_point.startswith(os.path.normpath(self.mount_root) + "/")
-        return inside and entry.fstype == FSTYPE and entry.source == SOURCE
+        private = entry.source == cvmfs_client.PRIVATE_PREFIX + os.path.basename(entry.mount_point)
+        return inside and entry.fstype == FSTYPE and (entry.source == SOURCE or private)
 
     def check_health(self, path: str, prober: Prober) -> ProbeResult | None:
         """For the autofs root: find repositories whose client died, without touching them.

@@ -1,23 +1,21 @@
 """Client configuration for private cvmfs2 mounts (pinned or with their own settings).
 
 A private mount (``cvmfs2 -o config=FILE``) reads only FILE, so the file carries
-everything: the site's settings resolved in the client's own order (proxy,
-servers, keys...), then the volume's ``clientConfig``, then what hepvol must
-control for the mount to be private and pinned (its own cache and reload-socket
-directories, and the pin key). Later assignments win, as when the client sources
-its files one after another.
-
-Site files are shell fragments sourced by ``/bin/sh``; hepvol reads the plain
-``NAME=value`` assignments (optionally ``export``-ed or quoted), which is what
-sites write. Conditionals and ``$(...)`` are not evaluated.
+everything: the site's settings as the client itself resolves them for the
+repository (``cvmfs2 -o parse REPO /``, what ``cvmfs_config showconfig`` runs:
+every site file in the client's order, shell conditionals and ``@fqrn@``
+included), then the volume's ``clientConfig``, then what hepvol must control for
+the mount to be private and pinned (its own cache and reload-socket directories,
+and the pin key). Later assignments win, as when the client sources its files
+one after another.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 
+from mount_core.backends.external import client_message, run_client
 from mount_core.errors import InvalidSpec, MountFailed
 from mount_core.spec import VolumeSpec
 
@@ -51,21 +49,6 @@ VOLUME_KEYS = (
 )  # fmt: skip
 
 
-def site_files(config_dir: str, repository: str) -> list[str]:
-    """The site's config files for ``repository``, in the order the client reads them."""
-    domain = repository.split(".", 1)[1]
-    candidates = [os.path.join(config_dir, "default.conf")]
-    candidates += sorted(glob.glob(os.path.join(glob.escape(config_dir), "default.d", "*.conf")))
-    candidates += [
-        os.path.join(config_dir, "default.local"),
-        os.path.join(config_dir, "domain.d", f"{domain}.conf"),
-        os.path.join(config_dir, "domain.d", f"{domain}.local"),
-        os.path.join(config_dir, "config.d", f"{repository}.conf"),
-        os.path.join(config_dir, "config.d", f"{repository}.local"),
-    ]
-    return [path for path in candidates if os.path.isfile(path)]
-
-
 def parse_assignments(text: str) -> dict[str, str]:
     """The ``CVMFS_NAME=value`` assignments of a shell config fragment, in order."""
     found: dict[str, str] = {}
@@ -84,20 +67,15 @@ def parse_assignments(text: str) -> dict[str, str]:
     return found
 
 
-def site_settings(config_dir: str, repository: str) -> dict[str, str]:
-    """The site's resolved settings for ``repository``."""
-    settings: dict[str, str] = {}
-    for path in site_files(config_dir, repository):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                values = parse_assignments(handle.read())
-        except OSError as exc:
-            raise MountFailed(f"cannot read the CVMFS site config {path}: {exc.strerror}") from None
-        if os.path.basename(path) == "default.local":
-            # The client refuses a config repository set here; so do we.
-            values.pop("CVMFS_CONFIG_REPOSITORY", None)
-        settings.update(values)
-    return settings
+def client_settings(cvmfs2: str, repository: str, timeout: float) -> dict[str, str]:
+    """The site's settings for ``repository`` as the client resolves them."""
+    result = run_client([cvmfs2, "-o", "parse", repository, "/"], timeout=timeout, what=repository)
+    if result.returncode != 0:
+        raise MountFailed(
+            f"cannot mount {repository}: the client could not read the site configuration: "
+            f"{client_message(result.stderr + result.stdout)!r}"
+        )
+    return parse_assignments(result.stdout)
 
 
 def volume_settings(spec: VolumeSpec) -> dict[str, str]:
@@ -127,12 +105,14 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def render(spec: VolumeSpec, config_dir: str, cache_base: str, reload_sockets: str) -> str:
-    """The config file of the private mount serving ``spec``."""
+def render(
+    spec: VolumeSpec, site: dict[str, str], config_dir: str, cache_base: str, reload_sockets: str
+) -> str:
+    """The config file of the private mount serving ``spec``, from the site's ``site``."""
     assert spec.repository is not None
-    settings = site_settings(config_dir, spec.repository)
+    # The site's own pins and cache placement are not this mount's.
+    settings = {name: value for name, value in site.items() if name not in OWNED_KEYS}
     settings.update(volume_settings(spec))
-    settings.pop("CVMFS_CONFIG_REPOSITORY", None)
     if not settings.get("CVMFS_HTTP_PROXY"):
         raise MountFailed(
             f"cannot mount {spec.source}: CVMFS_HTTP_PROXY is not set (set it in "

@@ -34,11 +34,17 @@ def client_message(output: str) -> str:
 
 
 def run_client(
-    argv: Sequence[str], *, timeout: float, what: str, server_cgroups: Sequence[str] = ()
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    what: str,
+    server_cgroups: Sequence[str] = (),
+    groups: Sequence[int] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a client command to completion within ``timeout`` seconds.
 
-    A client that leaves a FUSE server behind is started in ``server_cgroups``.
+    A client that leaves a FUSE server behind is started in ``server_cgroups``;
+    ``groups`` are its supplementary groups (those of the user it drops to).
     """
     command = list(argv)
     # Behind the cgroup wrapper a missing client would be the wrapper's failure.
@@ -53,6 +59,7 @@ def run_client(
             timeout=timeout,
             check=False,
             close_fds=True,
+            extra_groups=groups,
         )
     except FileNotFoundError:
         raise Unavailable(f"cannot mount {what}: {argv[0]} is not installed") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import signal
 import subprocess
 from pathlib import Path
@@ -71,24 +72,31 @@ def test_pinned_tag_is_a_private_cvmfs2_mount_with_a_generated_config(
     manager.publish(TRUNK, csi(trunk), str(trunk))
     manager.publish(TAGGED, csi(pinned), str(pinned))
     assert _read(trunk) == "sample trunk\n" and _read(pinned) == "sample v1\n"
-    private = Path(hepvol_env.config.state_dir) / "cvmfs" / TAGGED.key
+    private = Path(hepvol_env.config.cvmfs.cache_root) / TAGGED.key
     config_file = private / "client.conf"
     path = os.path.join(hepvol_env.config.mount_root, TAGGED.key)
     [call] = clients.calls("cvmfs2")
-    assert call["argv"] == ["-o", f"config={config_file}", SAMPLE, path]
+    user = pwd.getpwnam("cvmfs")
+    options = (
+        f"config={config_file},fsname=hepvol:{TAGGED.key},allow_other,"
+        f"uid={user.pw_uid},gid={user.pw_gid}"
+    )
+    assert call["argv"] == ["-o", options, SAMPLE, path]
     assert call["config"] == (
         f"# hepvol private mount of {SAMPLE}@v1; generated, do not edit\n"
-        f"CVMFS_CACHE_BASE='{private}/cache'\n"
-        "CVMFS_QUOTA_LIMIT='20000'\n"
-        "CVMFS_USER='cvmfs'\n"
-        "CVMFS_HTTP_PROXY='http://squid1.example.org:3128|http://squid2.example.org:3128;DIRECT'\n"
         "CVMFS_CLIENT_PROFILE='single'\n"
-        "CVMFS_SERVER_URL='http://stratum1.example.org/cvmfs/@fqrn@'\n"
+        "CVMFS_HTTP_PROXY='http://squid1.example.org:3128|http://squid2.example.org:3128;DIRECT'\n"
         "CVMFS_KEYS_DIR='/etc/cvmfs/keys/hepvol.org'\n"
+        "CVMFS_QUOTA_LIMIT='20000'\n"
+        f"CVMFS_SERVER_URL='http://stratum1.example.org/cvmfs/{SAMPLE}'\n"
+        "CVMFS_USER='cvmfs'\n"
+        f"CVMFS_CACHE_BASE='{private}/cache'\n"
         f"CVMFS_RELOAD_SOCKETS='{private}/run'\n"
         "CVMFS_SHARED_CACHE='no'\n"
         "CVMFS_REPOSITORY_TAG='v1'\n"
     )
+    assert (private / "cache").stat().st_uid == user.pw_uid, "the client's user owns its cache"
+    assert MountTable().at(path).source == f"hepvol:{TAGGED.key}"  # type: ignore[union-attr]
     assert len(manager.status()) == 2, "trunk and pin coexist"
     manager.unpublish(str(pinned))
     assert not private.exists(), "config, cache and sockets go with the mount"

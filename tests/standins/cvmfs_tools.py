@@ -4,7 +4,9 @@
 config in the client's order and exits 1 with the helper's own words when a check
 fails before the client would start (``Invalid repository: X``, ``CVMFS_HTTP_PROXY
 required``, ``Repository X is already mounted on Y``). ``cvmfs2 -o config=FILE
-<repo> <dir>`` reads only FILE and needs its cache, sockets and proxy settings.
+<repo> <dir>`` reads only FILE and needs its cache, sockets and proxy settings; it
+shows the ``fsname=`` given in ``-o`` (``/dev/fuse`` without one). ``cvmfs2 -o parse
+<repo> /`` prints the resolved site config as ``NAME=value    # from FILE`` lines.
 Both then serve ``<repositories>/<repo>`` (``<repo>@<tag>``, ``<repo>#<hash>``,
 ``<repo>@<date>`` when pinned) as a real FUSE mount showing ``cvmfs2`` of type
 ``fuse``, or fail with exit 32 and a ``(N - text)`` line.
@@ -35,17 +37,32 @@ def parse(text: str) -> dict[str, str]:
     return found
 
 
-def site_config(config_dir: Path, fqrn: str) -> dict[str, str]:
+def site_files(config_dir: Path, fqrn: str) -> list[Path]:
     domain = fqrn.split(".", 1)[1]
     files = [config_dir / "default.conf", *sorted((config_dir / "default.d").glob("*.conf"))]
     files += [config_dir / "default.local", config_dir / "domain.d" / f"{domain}.conf",
               config_dir / "domain.d" / f"{domain}.local", config_dir / "config.d" / f"{fqrn}.conf",
               config_dir / "config.d" / f"{fqrn}.local"]  # fmt: skip
+    return [path for path in files if path.is_file()]
+
+
+def site_config(config_dir: Path, fqrn: str) -> dict[str, str]:
     values: dict[str, str] = {}
-    for path in files:
-        if path.is_file():
-            values.update(parse(path.read_text()))
+    for path in site_files(config_dir, fqrn):
+        values.update(parse(path.read_text()))
     return values
+
+
+def print_parsed(fqrn: str) -> None:
+    """``cvmfs2 -o parse``: the resolved settings, each with the file it came from."""
+    origin: dict[str, tuple[str, Path]] = {}
+    for path in site_files(Path(common.settings()["cvmfs_config_dir"]), fqrn):
+        for name, value in parse(path.read_text()).items():
+            origin[name] = (value.replace("@fqrn@", fqrn), path)
+    print("# CernVM-FS parameters:")
+    for name in sorted(origin):
+        value, path = origin[name]
+        print(f"{name}={shlex.quote(value)}    # from {path}")
 
 
 def _source(fqrn: str, values: dict[str, str]) -> Path:
@@ -59,7 +76,9 @@ def _source(fqrn: str, values: dict[str, str]) -> Path:
     return repos / fqrn
 
 
-def _start(tool: str, fqrn: str, mount_point: str, values: dict[str, str]) -> None:
+def _start(
+    tool: str, fqrn: str, mount_point: str, values: dict[str, str], fsname: str = "cvmfs2"
+) -> None:
     forced = common.forced_failure(tool)
     if forced is not None:
         # The helper reports cvmfs2's failure as 32; cvmfs2 itself exits with its code.
@@ -69,7 +88,7 @@ def _start(tool: str, fqrn: str, mount_point: str, values: dict[str, str]) -> No
     if not source.is_dir():
         common.die(f"CernVM-FS: loading Fuse module... {_CATALOG_FAILURE}", 32)
     name = f"{tool}-{os.path.basename(mount_point)}"
-    common.serve(str(source), mount_point, "cvmfs2", name)
+    common.serve(str(source), mount_point, fsname, name)
     print(f"CernVM-FS: mounted cvmfs on {mount_point}")
 
 
@@ -108,7 +127,11 @@ def cvmfs2(argv: list[str]) -> None:
     except getopt.GetoptError as exc:
         common.die(f"Invalid option: {exc}", 1)
     flat = ",".join(value for flag, value in options if flag == "-o").split(",")
+    if "parse" in flat and len(args) == 2:
+        print_parsed(args[0])
+        return
     config_file = next((o.split("=", 1)[1] for o in flat if o.startswith("config=")), None)
+    fsname = next((o.split("=", 1)[1] for o in flat if o.startswith("fsname=")), "/dev/fuse")
     text = Path(config_file).read_text() if config_file and Path(config_file).is_file() else None
     common.record("cvmfs2", argv, config=text)
     if len(args) != 2 or text is None:
@@ -120,7 +143,7 @@ def cvmfs2(argv: list[str]) -> None:
     if not os.path.isdir(values["CVMFS_CACHE_BASE"]):
         common.die("Failed to setup cache in {} (9 - cache directory/plugin problem)".format(
             values["CVMFS_CACHE_BASE"]), 9)  # fmt: skip
-    _start("cvmfs2", args[0], args[1], values)
+    _start("cvmfs2", args[0], args[1], values, fsname)
 
 
 if __name__ == "__main__":

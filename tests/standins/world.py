@@ -131,6 +131,7 @@ def install(
         cvmfs2=str(cvmfs2),
         automount_program="/usr/sbin/automount",
         automount_timeout_seconds=idle_timeout,
+        cache_root=str(env.workdir / "cvmfs-private"),
     )
     eos = EosConfig(
         client="eosxd", eosxd=str(eosxd), config_dir=str(s.eos_config_dir), instances=instances

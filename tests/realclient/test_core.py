@@ -1,0 +1,160 @@
+"""Every CVMFS path of the core with the real client: revisions, readers, failures, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mount_core.consumer import Consumer
+from mount_core.errors import InvalidSpec, NotFound
+from mount_core.health import HealthMonitor
+from mount_core.mountinfo import MountTable
+from mount_core.spec import VolumeSpec
+from tests.conftest import HepvolEnv
+from tests.realclient.conftest import (
+    REPO,
+    V2_ONLY,
+    Stratum0,
+    client_pids,
+    read_as,
+    wait_readable,
+)
+
+
+def specs(stratum0: Stratum0) -> dict[str, tuple[VolumeSpec, str]]:
+    """Each CVMFS path with the revision it must show."""
+    return {
+        "plain": (VolumeSpec(backend="cvmfs", repository=REPO), "v2"),
+        "tag": (VolumeSpec(backend="cvmfs", repository=REPO, tag="v1"), "v1"),
+        "hash": (VolumeSpec(backend="cvmfs", repository=REPO, hash=stratum0.v1_hash), "v1"),
+        "date": (VolumeSpec(backend="cvmfs", repository=REPO, date=stratum0.v1_date), "v1"),
+        "clientConfig": (
+            VolumeSpec(backend="cvmfs", repository=REPO, client_config="CVMFS_TIMEOUT=7\n"),
+            "v2",
+        ),
+    }
+
+
+PATHS = ["plain", "tag", "hash", "date", "clientConfig"]
+
+
+def shows(target: Path, revision: str) -> None:
+    """The target shows ``revision`` to root and to nobody."""
+    assert (target / "VERSION").read_text() == f"{revision}\n"
+    assert (target / V2_ONLY).exists() == (revision == "v2")
+    as_nobody = read_as("nobody", target / "VERSION")
+    assert (as_nobody.returncode, as_nobody.stdout) == (0, f"{revision}\n"), as_nobody.stderr
+
+
+def nothing_left(env: HepvolEnv) -> None:
+    assert list(MountTable().under(str(env.workdir))) == []
+    assert os.listdir(env.config.mount_root) == []
+    assert not os.path.exists(env.config.cvmfs.cache_root) or not os.listdir(
+        env.config.cvmfs.cache_root
+    )
+    assert [p for p in os.listdir("/proc") if p.isdigit() and _names(p, env)] == []
+
+
+def _names(pid: str, env: HepvolEnv) -> bool:
+    try:
+        return str(env.workdir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_path_shows_its_revision_to_root_and_nobody(
+    real_env: HepvolEnv, stratum0: Stratum0, path: str
+) -> None:
+    spec, revision = specs(stratum0)[path]
+    manager = real_env.manager()
+    target = real_env.targets / path
+    manager.publish(spec, Consumer("csi", str(target)), str(target))
+    shows(target, revision)
+    backing = MountTable().at(os.path.join(real_env.config.mount_root, spec.key))
+    assert backing is not None and backing.fstype == "fuse"
+    assert backing.source == ("cvmfs2" if path == "plain" else f"hepvol:{spec.key}")
+    manager.unpublish(str(target))
+    nothing_left(real_env)
+
+
+@pytest.mark.parametrize(
+    ("pin", "missing"),
+    [
+        ({"tag": "nosuch"}, "has no tag 'nosuch'"),
+        ({"hash": "0123456789abcdef0123456789abcdef01234567"}, "has no revision with root hash"),
+        ({"repository": "nosuch.hepvol.org"}, "nosuch.hepvol.org is not known on this node"),
+        (
+            {
+                "repository": "nosuch.hepvol.org",
+                "client_config": "CVMFS_SERVER_URL=http://127.0.0.1/cvmfs/@fqrn@\n",
+            },
+            "nosuch.hepvol.org does not exist on http://127.0.0.1/cvmfs/nosuch.hepvol.org",
+        ),
+    ],
+)
+def test_what_does_not_exist_is_not_found_and_leaves_nothing(
+    real_env: HepvolEnv, pin: dict[str, str], missing: str
+) -> None:
+    spec = VolumeSpec(backend="cvmfs", **{"repository": REPO, **pin})
+    target = real_env.targets / "t"
+    with pytest.raises(NotFound, match=missing):
+        real_env.manager().publish(spec, Consumer("csi", str(target)), str(target))
+    assert real_env.manager().status() == []
+    nothing_left(real_env)
+
+
+@pytest.mark.parametrize("date", ["2024-05-01", "2024-05-01T00:00:00+00:00", "yesterday"])
+def test_a_date_the_client_cannot_take_is_refused_at_the_request(date: str) -> None:
+    with pytest.raises(InvalidSpec, match="YYYY-MM-DDTHH:MM:SSZ"):
+        VolumeSpec(backend="cvmfs", repository=REPO, date=date)
+
+
+@pytest.mark.parametrize("path", ["plain", "tag"], ids=["system", "private"])
+def test_killed_client_is_readable_again_within_5_s(
+    real_env: HepvolEnv, stratum0: Stratum0, path: str, repair_times: dict[str, float]
+) -> None:
+    spec, revision = specs(stratum0)[path]
+    manager = real_env.manager()
+    target = real_env.targets / "t"
+    manager.publish(spec, Consumer("csi", str(target)), str(target))
+    backing = os.path.join(real_env.config.mount_root, spec.key)
+    pids = client_pids(backing)
+    assert pids, "the client serving the backing mount runs"
+    monitor = HealthMonitor(manager)
+    monitor.start()
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        took = wait_readable(target / "VERSION", timeout=5)
+    finally:
+        monitor.stop()
+    assert took is not None, "not readable within 5 s of kill -9"
+    repair_times[f"core {path}"] = took
+    shows(target, revision)
+
+
+def test_stopped_client_answers_within_bounds_and_says_why(
+    real_env: HepvolEnv, stratum0: Stratum0
+) -> None:
+    spec, _ = specs(stratum0)["tag"]
+    manager = real_env.manager()
+    target = real_env.targets / "t"
+    manager.publish(spec, Consumer("csi", str(target)), str(target))
+    pids = client_pids(os.path.join(real_env.config.mount_root, spec.key))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        results = HealthMonitor(manager).run_once()
+        assert time.monotonic() - start < real_env.config.probe_timeout_seconds + 5
+        assert "not responding" in results[spec.key].message
+        [status] = manager.status()
+        assert status.condition == "failed" and "hung FUSE server" in status.message
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
