@@ -49,7 +49,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             raise invalid("mutable_parameters are not supported (no VolumeAttributesClass)")
         volumes.spec_from_context(self.backend, request.parameters)
         parameters = volumes.parameters(request.parameters)
-        with self.manager.locked(self._lock_key(name)):
+        with self.manager.service.locked(self._lock_key(name)):
             existing = self.manager.ledger.volume(self.front, name)
             if existing is not None and existing.spec.get("parameters") != parameters:
                 raise CsiError(
@@ -70,7 +70,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteVolumeResponse:
         volume_id = require(request.volume_id, "volume_id")
-        with self.manager.locked(self._lock_key(volume_id)):
+        with self.manager.service.locked(self._lock_key(volume_id)):
             self.manager.ledger.delete_volume(self.front, volume_id)
         return csi_pb2.DeleteVolumeResponse()
 

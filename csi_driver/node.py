@@ -18,22 +18,15 @@ from mount_core.consumer import Consumer
 from mount_core.errors import InvalidTarget, NotFound
 from mount_core.ledger import ConsumerRow
 from mount_core.manager import MountManager
-from mount_core.probe import Condition, Prober
 
 _RPC = csi_pb2.NodeServiceCapability.RPC
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
-    def __init__(
-        self, manager: MountManager, backend: str, node_id: str, prober: Prober | None = None
-    ) -> None:
+    def __init__(self, manager: MountManager, backend: str, node_id: str) -> None:
         self.manager = manager
         self.backend = backend
         self.node_id = node_id
-        # Bounded statvfs of the backing mount, shared with the health loop: a hung
-        # FUSE server costs one parked thread per backing mount (not per target)
-        # and at most probe_timeout_seconds of one NodeGetVolumeStats call.
-        self.prober = prober or Prober(manager.config.probe_timeout_seconds)
 
     def _published(self, volume_id: str, path: str) -> ConsumerRow | None:
         """The consumer of ``volume_id`` at ``path``, or None when it is not there."""
@@ -93,20 +86,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         row = self._published(volume_id, path)
         if row is None or row.target is None:
             raise NotFound(f"volume {volume_id!r} is not published at {path}")
-        condition, message = self.manager.condition(row.key)
-        backing = self.manager.ledger.backing(row.key)
-        usage = []
-        if condition == Condition.HEALTHY and backing is not None:
-            probe = self.prober.probe(backing.path)
-            condition, message = probe.condition, probe.message
-            if probe.usage is not None:
-                usage = _usage(probe.usage)
-        abnormal = condition != Condition.HEALTHY
-        if abnormal:
-            message = f"{condition}: {message}" if message else condition
+        stats = self.manager.stats(row.target)
+        usage = _usage(stats.usage) if stats.usage is not None else []
+        message = stats.message
+        if stats.abnormal:
+            message = f"{stats.condition}: {message}" if message else str(stats.condition)
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=usage,
-            volume_condition=csi_pb2.VolumeCondition(abnormal=abnormal, message=message),
+            volume_condition=csi_pb2.VolumeCondition(abnormal=stats.abnormal, message=message),
         )
 
     def NodeGetCapabilities(

@@ -122,8 +122,7 @@ class CsiServer:
         csi_pb2_grpc.add_IdentityServicer_to_server(self.identity, self.server)
         services = ["csi.v1.Identity"]
         if mode != "controller":
-            prober = self.monitor.prober if self.monitor is not None else None
-            node = NodeService(self.manager, driver, node_id, prober)
+            node = NodeService(self.manager, driver, node_id)
             csi_pb2_grpc.add_NodeServicer_to_server(node, self.server)
             services.append("csi.v1.Node")
         if mode != "node":

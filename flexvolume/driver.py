@@ -124,9 +124,9 @@ class Call:
         request = parse(self.backend, options)
         target = targets.normalize(target)  # a clear message before anything else sees it
         start = time.perf_counter()
-        manager.publish(request.spec, Consumer("flex", target, info=request.info), target,
-                        readonly=request.readonly)  # fmt: skip
-        mode = "read-only" if request.readonly or request.spec.backend == "cvmfs" else "read-write"
+        published = manager.publish(request.spec, Consumer("flex", target, info=request.info),
+                                    target, readonly=request.readonly)  # fmt: skip
+        mode = published.mode
         event(log, "mount", volume=request.spec.key, consumer=f"flex:{target}",
               pod=request.info.get("pod"), mode=mode,
               ms=round((time.perf_counter() - start) * 1000, 2))  # fmt: skip

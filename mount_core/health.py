@@ -10,9 +10,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from mount_core.backing import MOUNTED, MOUNTING
 from mount_core.logs import event
-from mount_core.mountinfo import MountTable
-from mount_core.probe import Condition, Prober, ProbeResult
+from mount_core.probe import Condition, ProbeResult
+from mount_core.reconcile import Reconciler
 
 if TYPE_CHECKING:
     from mount_core.manager import MountManager
@@ -24,43 +25,35 @@ class HealthMonitor:
     """The periodic health, repair and idle-unmount loop of one daemon."""
 
     def __init__(self, manager: MountManager, interval: float | None = None) -> None:
-        self.manager = manager
-        self.interval = manager.config.health_interval_seconds if interval is None else interval
-        self.prober = Prober(manager.config.probe_timeout_seconds)
+        self.service = manager.service
+        self.reconciler = Reconciler(self.service)
+        config = self.service.config
+        self.interval = config.health_interval_seconds if interval is None else interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def check(self, key: str, path: str, table: MountTable) -> ProbeResult:
-        """Probe one backing mount, treating a missing mount as dead."""
-        entry = table.at(path)
-        row = self.manager.ledger.backing(key)
-        backend = self.manager.backends.named(row.backend) if row else None
-        if entry is None or backend is None or not backend.owns(entry):
-            return ProbeResult(Condition.FAILED, "not mounted", dead=True)
-        own = backend.check_health(path, self.prober)
-        return self.prober.probe(path) if own is None else own
-
     def run_once(self) -> dict[str, ProbeResult]:
         """One pass: probe every mount, repair the dead, unmount the long idle."""
-        from mount_core.reconcile import repair
-
-        table = MountTable()
+        ledger = self.service.ledger
+        table = self.service.table()
         results = {}
-        for row in self.manager.ledger.backings():
-            if row.state != "mounted":
+        for row in ledger.backings():
+            held = ledger.count(row.key) > 0
+            # A held row still "mounting" is one whose repair failed: try again.
+            if row.state != MOUNTED and not (row.state == MOUNTING and held):
                 continue
-            result = self.check(row.key, row.path, table)
+            result = self.service.probe(row, table)
             results[row.key] = result
-            if result.dead and self.manager.ledger.count(row.key) > 0:
+            if result.dead and held:
                 event(log, f"backing mount is dead: {result.message}; repairing", volume=row.key,
                       level=logging.WARNING)  # fmt: skip
-                repair(self.manager, row.key, result.message)
+                self.reconciler.repair(row.key, result.message)
             elif (row.condition, row.message) != (result.condition, result.message):
-                self.manager.ledger.set_condition(row.key, result.condition, result.message)
+                ledger.set_condition(row.key, result.condition, result.message)
                 if result.condition != Condition.HEALTHY:
                     event(log, f"backing mount unhealthy: {result.message}", volume=row.key,
                           level=logging.WARNING)  # fmt: skip
-        self.manager.gc_idle()
+        self.service.gc_idle()
         return results
 
     def _loop(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -143,7 +143,13 @@ def open_inside(base: str, subpath: str) -> Iterator[OpenTarget]:
         os.close(fd)
 
 
-def release(target: str, roots: Sequence[str], *, remove_dir: bool) -> bool:
+def release(
+    target: str,
+    roots: Sequence[str],
+    *,
+    remove_dir: bool,
+    unmount: Callable[[str], bool] = bind.unmount,
+) -> bool:
     """Unmount whatever is mounted at ``target`` and optionally remove the directory.
 
     The parent is reached with the same no-symlink walk as :func:`open_target` and
@@ -155,7 +161,7 @@ def release(target: str, roots: Sequence[str], *, remove_dir: bool) -> bool:
     parent, name = os.path.split(target)
     try:
         with open_target(parent, [root], create=False) if parent != root else _root_fd(root) as p:
-            unmounted = bind.unmount(f"{p.proc_path}/{name}")
+            unmounted = unmount(f"{p.proc_path}/{name}")
             if remove_dir:
                 try:
                     os.rmdir(name, dir_fd=p.fd)

@@ -12,6 +12,7 @@ import pytest
 from mount_core.config import Config
 from mount_core.consumer import Consumer
 from mount_core.health import HealthMonitor
+from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
 from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
@@ -104,8 +105,7 @@ def test_hung_fuse_server_never_blocks_probe_or_status(hepvol_env: HepvolEnv) ->
 
 def test_idle_grace_keeps_the_mount_until_gc(hepvol_env: HepvolEnv) -> None:
     config = Config(**{**vars(hepvol_env.config), "idle_unmount_seconds": 0.5}).validate()
-    manager = hepvol_env.manager()
-    manager.config = config
+    manager = MountManager(config)
     target = str(hepvol_env.targets / "pod")
     manager.publish(SPEC, Consumer("csi", target), target)
     backing = manager.backing_path(SPEC)

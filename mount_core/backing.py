@@ -1,0 +1,312 @@
+"""The backing-mount service: mount, bind, remount, unmount and probe a backing mount and its targets.
+
+This is the one place where the core changes what is mounted. The
+:class:`~mount_core.manager.MountManager` (consumers arriving and leaving) and the
+:class:`~mount_core.reconcile.Reconciler` (start-up reconcile, repair) both act
+through it and never through each other. Checks that every bind or repair must
+pass (a target is served by the live backing mount; bounded waits on a hung
+mount) belong here, so that no caller can skip them.
+
+Every change records its intent in the ledger before the kernel is touched, and
+every decision about a target is taken from the kernel's mount table (through
+:class:`~mount_core.kernel.Kernel`), not from the ledger alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mount_core import rootdirs, targets
+from mount_core.backends import Backends
+from mount_core.config import Config
+from mount_core.consumer import Consumer
+from mount_core.errors import HepvolError, MountFailed, StateError
+from mount_core.kernel import Kernel
+from mount_core.ledger import BackingRow, ConsumerRow, Ledger
+from mount_core.locks import LockDir
+from mount_core.logs import event
+from mount_core.mountinfo import MountTable
+from mount_core.probe import Condition, ProbeResult
+from mount_core.spec import VolumeSpec
+
+log = logging.getLogger("hepvol.core")
+
+MOUNTED, MOUNTING, UNMOUNTING = "mounted", "mounting", "unmounting"
+BINDING, ACTIVE, RELEASING = "binding", "active", "releasing"
+
+
+def serving_path(backing_path: str, subpath: str) -> str:
+    """Where a volume with ``subpath`` is served inside its backing mount."""
+    return os.path.join(backing_path, subpath) if subpath else backing_path
+
+
+class BackingService:
+    """Backing mounts and their targets, for one process."""
+
+    def __init__(
+        self, config: Config, ledger: Ledger, backends: Backends, kernel: Kernel | None = None
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.backends = backends
+        self.kernel = kernel or Kernel(config.probe_timeout_seconds)
+        self.locks = LockDir(config.state_dir)
+
+    # Locks ----------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, key: str, *, shared: bool = False) -> Iterator[None]:
+        """Hold a spec's lock: shared to add or drop consumers of a mounted volume,
+        exclusive to mount, unmount or repair it."""
+        with self.locks.hold(key, self.config.lock_timeout_seconds, shared=shared):
+            yield
+
+    @contextmanager
+    def target_locked(self, target: str) -> Iterator[None]:
+        """Hold a target's lock (taken after its spec's): one publish or unpublish at a time.
+
+        kubelet retries a NodePublishVolume while the first call still runs; the two
+        must not both create the directory, both bind, or undo each other's bind.
+        """
+        name = "target-" + hashlib.sha256(target.encode()).hexdigest()[:32]
+        with self.locks.hold(name, self.config.lock_timeout_seconds):
+            yield
+
+    # Backing mounts ---------------------------------------------------------------
+
+    def table(self) -> MountTable:
+        return self.kernel.mount_table()
+
+    def mounted(self, key: str) -> BackingRow | None:
+        """The backing row of ``key`` when the ledger records it as mounted."""
+        row = self.ledger.backing(key)
+        return row if row is not None and row.state == MOUNTED else None
+
+    def is_ours(self, row: BackingRow, table: MountTable) -> bool:
+        """True when the kernel shows the backing mount of ``row`` made by its backend."""
+        entry = table.at(row.path)
+        return entry is not None and self.backends.named(row.backend).owns(entry)
+
+    def ensure(self, spec: VolumeSpec) -> BackingRow:
+        """The mounted backing row of ``spec``, mounting (or adopting) it first (exclusive lock)."""
+        row = self.ledger.backing(spec.key)
+        if row is not None and row.state == MOUNTED:
+            return row
+        backend = self.backends.for_spec(spec)
+        path = backend.path_for(spec)
+        entry = self.table().at(path)
+        if entry is not None and backend.owns(entry) and os.path.basename(path) == spec.key:
+            event(log, "adopting existing backing mount", volume=spec.key, path=path)
+        else:
+            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTING)
+            try:
+                rootdirs.mount_point(path)
+                backend.mount(spec, path)
+            except BaseException:
+                if self.ledger.count(spec.key) == 0:
+                    self.ledger.delete_backing(spec.key)
+                    self._remove_mount_dir(path)
+                raise
+            event(log, "mounted", volume=spec.key, backend=backend.name, path=path)
+        self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTED)
+        if row is not None and self.ledger.count(spec.key):
+            # Mounted again after a repair failed: its targets still hold the dead mount.
+            fresh = self.ledger.backing(spec.key)
+            assert fresh is not None
+            self.serve_targets(fresh)
+        fresh = self.ledger.backing(spec.key)
+        assert fresh is not None
+        return fresh
+
+    def _remove_mount_dir(self, path: str) -> None:
+        if os.path.dirname(path) == os.path.normpath(self.config.mount_root):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+    def unmount(self, row: BackingRow) -> None:
+        """Unmount a backing mount that has no consumers and forget it (exclusive lock)."""
+        self.ledger.set_backing_state(row.key, UNMOUNTING)
+        self.backends.named(row.backend).unmount(row.path)
+        self._remove_mount_dir(row.path)
+        self.ledger.delete_backing(row.key)
+        event(log, "unmounted", volume=row.key, path=row.path)
+
+    def remount(self, row: BackingRow) -> None:
+        """Replace a dead backing mount by a fresh one (exclusive lock).
+
+        The targets are not touched: until :meth:`serve_targets` binds them to the
+        new mount they keep the dead one, whose every access fails with an I/O
+        error. If the remount fails, that is what consumers keep seeing (and the
+        ledger says ``mounting``, so the next consumer or health pass tries again),
+        never an empty directory.
+        """
+        backend = self.backends.named(row.backend)
+        with contextlib.suppress(OSError):
+            self.kernel.unmount(row.path, lazy=True)
+        self.ledger.set_backing_state(row.key, MOUNTING)
+        rootdirs.mount_point(row.path)
+        backend.mount(backend.revive(row.spec, row.key), row.path)
+        self.ledger.put_backing(row.key, row.backend, row.spec, row.path, MOUNTED)
+        event(log, "remounted", volume=row.key, path=row.path)
+
+    def probe(self, row: BackingRow, table: MountTable) -> ProbeResult:
+        """Probe a backing mount within the probe timeout; a missing one is dead."""
+        entry = table.at(row.path)
+        backend = self.backends.named(row.backend)
+        if entry is None or not backend.owns(entry):
+            return ProbeResult(Condition.FAILED, "not mounted", dead=True)
+        own = backend.check_health(row.path, self.kernel.prober)
+        return self.kernel.probe(row.path) if own is None else own
+
+    def settle(self, key: str) -> None:
+        """After consumers left: unmount (or start the idle clock of) an unused backing mount."""
+        with self.locked(key):
+            row = self.ledger.backing(key)
+            if row is None or self.ledger.count(key) > 0:
+                return
+            if self.config.idle_unmount_seconds > 0:
+                self.ledger.set_idle(key, time.time())
+            else:
+                self.unmount(row)
+
+    def gc_idle(self, now: float | None = None) -> list[str]:
+        """Unmount backing mounts idle for longer than ``idle_unmount_seconds``."""
+        now = time.time() if now is None else now
+        done = []
+        for row in self.ledger.backings():
+            if row.idle_since is None or now - row.idle_since < self.config.idle_unmount_seconds:
+                continue
+            with self.locked(row.key):
+                fresh = self.ledger.backing(row.key)
+                if fresh and fresh.idle_since is not None and self.ledger.count(row.key) == 0:
+                    self.unmount(fresh)
+                    done.append(row.key)
+        return done
+
+    # Targets ------------------------------------------------------------------------
+
+    def serves(self, row: BackingRow, target: str, table: MountTable) -> bool:
+        """True when ``target`` is a bind of the live backing mount of ``row``."""
+        bound, backing = table.at(target), table.at(row.path)
+        return bound is not None and backing is not None and bound.device == backing.device
+
+    def bind_new(
+        self,
+        spec: VolumeSpec,
+        consumer: Consumer,
+        target: str,
+        readonly: bool,
+        backing: BackingRow,
+    ) -> None:
+        """Record a new consumer at ``target`` and bind the backing mount there (spec and
+        target locks held). On failure nothing of it is kept: row, bind, created directory."""
+        roots = self.config.target_roots
+        with targets.open_target(target, roots, create=True) as opened:
+            try:
+                row_id = self.ledger.add_consumer(
+                    spec.key, consumer.id, consumer.kind, target=target,
+                    subpath=spec.subpath, readonly=readonly, state=BINDING,
+                    created_target=opened.created, info=consumer.info,
+                )  # fmt: skip
+            except BaseException:
+                if opened.created:
+                    self.unbind(target, remove_dir=True)
+                raise
+            try:
+                self._bind(backing, spec.subpath, opened.fd, readonly)
+            except (OSError, HepvolError) as exc:
+                self.ledger.delete_consumer(row_id)
+                if opened.created:
+                    self.unbind(target, remove_dir=True)
+                if isinstance(exc, HepvolError):
+                    raise
+                raise MountFailed(
+                    f"cannot bind {spec.source} onto {target}: {exc.strerror}"
+                ) from None
+        try:
+            self.ledger.set_consumer_state(row_id, ACTIVE)
+        except StateError:
+            # Not recorded as done, so not done: take the bind down again.
+            self.unbind(target, remove_dir=opened.created)
+            with contextlib.suppress(StateError):
+                self.ledger.delete_consumer(row_id)
+            raise
+        event(log, "published", volume=spec.key, consumer=consumer.id, target=target)
+
+    def _bind(self, backing: BackingRow, subpath: str, target_fd: int, readonly: bool) -> None:
+        backend = self.backends.named(backing.backend)
+        recursive = backend.bind_recursive(VolumeSpec.from_public(backing.spec))
+        with targets.open_inside(backing.path, subpath) as source:
+            self.kernel.bind(source.fd, target_fd, readonly=readonly, recursive=recursive)
+
+    def restore_target(
+        self, backing: BackingRow, consumer: ConsumerRow, table: MountTable | None = None
+    ) -> bool:
+        """Make ``consumer``'s target a bind of the live backing mount, from the kernel's truth.
+
+        Already served: only the ledger is brought up to date (False: nothing bound).
+        Otherwise whatever of ours is there (a dead or half-made bind) is replaced.
+        """
+        assert consumer.target is not None
+        table = self.table() if table is None else table
+        if self.serves(backing, consumer.target, table):
+            if consumer.state != ACTIVE:
+                self.ledger.set_consumer_state(consumer.id, ACTIVE)
+            return False
+        if table.at(consumer.target) is not None:
+            self.unbind(consumer.target)
+        with targets.open_target(consumer.target, self.config.target_roots, create=False) as opened:
+            self._bind(backing, consumer.subpath, opened.fd, consumer.readonly)
+        self.ledger.set_consumer_state(consumer.id, ACTIVE)
+        return True
+
+    def serve_targets(self, backing: BackingRow) -> list[str]:
+        """Bind every target of ``backing`` that is not served by its live mount.
+
+        Returns the consumers rebound; raises on the first target that cannot be.
+        """
+        table = self.table()
+        rebound = []
+        for consumer in self.ledger.consumers(backing.key):
+            if consumer.target is not None and self.restore_target(backing, consumer, table):
+                rebound.append(consumer.consumer)
+        return rebound
+
+    def unbind(self, target: str, *, remove_dir: bool = False) -> bool:
+        """Unmount whatever is at ``target`` (lazily when dead or busy); True when something was."""
+        return targets.release(target, self.config.target_roots, remove_dir=remove_dir,
+                               unmount=self.kernel.unmount)  # fmt: skip
+
+    def release_target(self, row: ConsumerRow) -> int:
+        """Unbind a consumer's target and forget the consumer (spec lock, shared is enough).
+
+        Returns how many consumers its backing mount has left (-1: already gone).
+        """
+        if row.target is not None:
+            self.ledger.set_consumer_state(row.id, RELEASING)
+            try:
+                self.unbind(row.target, remove_dir=row.created_target)
+            except OSError as exc:
+                raise MountFailed(f"cannot unmount {row.target}: {exc.strerror}") from None
+        left = self.ledger.delete_consumer(row.id)
+        event(log, "released", volume=row.key, consumer=row.consumer, target=row.target)
+        return left
+
+    def unmount_stray(self, target: str) -> bool:
+        """Unmount a bind of ours at ``target`` that the ledger does not know."""
+        try:
+            targets.root_of(target, self.config.target_roots)
+        except HepvolError:
+            return False
+        entry = self.table().at(target)
+        if entry is None or self.backends.owner_of(entry) is None:
+            return False
+        self.unbind(target)
+        event(log, "unmounted a stray bind", consumer=None, target=target)
+        return True
