@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import SUMMARY, machine, table
+from bench.common import SUMMARY, SUMMARY_HEADER, loadavg, machine, table
 
-SKIP = {"common", "__main__"}
+SKIP = {"common", "__main__", "isolation"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     forwarded = [*rest, *(["--quick"] if args.quick else [])]
     failed, details = [], _Tee()
-    started = time.monotonic()
+    started, load_before = time.monotonic(), loadavg()
     names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]))
     for name in names:
         module = importlib.import_module(f"bench.{name}")
@@ -48,12 +48,11 @@ def main(argv: list[str]) -> int:
             print(f"## bench.{name}\n", flush=True)
             if module.main(list(forwarded)) != 0:
                 failed.append(name)
-    summary = table(
-        "hepvol benchmark summary",
-        ["area", "measurement", "result", "physical floor (same run)", "ratio"],
-        SUMMARY,
-    )
-    print("\n" + summary)
+    summary = table("hepvol benchmark summary", SUMMARY_HEADER, SUMMARY)
+    load = (f"Load average (1, 5, 15 min) {load_before} before the run and {loadavg()} after "
+            "it: other sessions use this machine too, so every comparison runs in interleaved "
+            "rounds and floors and peers are measured in the same run; read the ratios.\n\n")  # fmt: skip
+    print("\n" + summary + "\n" + load)
     output = args.output or (None if args.quick else str(ROOT / "docs" / "performance.md"))
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +60,7 @@ def main(argv: list[str]) -> int:
             "# Performance\n\n"
             f"Measured by `make bench` on {machine()}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"in {time.monotonic() - started:.0f} s. Floors are measured in the same run, "
-            "so ratios survive a noisy machine better than absolute numbers.\n\n"
+            f"in {time.monotonic() - started:.0f} s. {load}"
             + summary
             + "\n## Details\n\n"
             + details.getvalue()

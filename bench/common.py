@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mount_core import bind
-from mount_core.config import Config, LocalConfig, dumps
+from mount_core.config import Config, CvmfsConfig, LocalConfig, dumps
 
 
 @dataclass
@@ -60,6 +60,49 @@ def measure(
     return Timing(samples, time.perf_counter() - start)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (children of every thread)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError), open(f"/proc/{current}/task/{task}/children") as f:
+                queue += [int(child) for child in f.read().split()]
+    return found
+
+
+def interleaved(
+    sides: dict[str, Callable[[int], None]], rounds: int, per_round: int, concurrency: int
+) -> dict[str, Timing]:
+    """Time every side in ``rounds`` alternating rounds, so load changes hit all sides alike."""
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    walls = dict.fromkeys(sides, 0.0)
+    names = list(sides)
+    for number in range(rounds):
+        order = names if number % 2 == 0 else names[::-1]
+        for name in order:
+            timing = measure(_shifted(sides[name], number * per_round), per_round, concurrency,
+                             warmup=5 if number == 0 else 0)  # fmt: skip
+            samples[name] += timing.samples
+            walls[name] += timing.wall
+    return {name: Timing(samples[name], walls[name]) for name in sides}
+
+
+def _shifted(operation: Callable[[int], None], offset: int) -> Callable[[int], None]:
+    """``operation`` numbered from ``offset`` on (each round uses fresh names)."""
+    return lambda i: operation(offset + i)
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
 def rss_mb(pids: Sequence[int]) -> float:
     """Sum of VmRSS of the given processes, in MB."""
     total = 0
@@ -85,7 +128,7 @@ def machine() -> str:
     with contextlib.suppress(OSError), open("/proc/meminfo") as handle:
         memory = round(int(handle.readline().split()[1]) / (1024 * 1024))
     return (
-        f"{os.cpu_count()} x {model}, {memory} GiB, Linux {platform.release()}, "
+        f"{model}, {os.cpu_count()} cores, {memory} GiB memory, Linux {platform.release()}, "
         f"Python {platform.python_version()}"
     )
 
@@ -110,16 +153,27 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-#: Rows of the one summary table ``make bench`` prints: (area, measurement, result,
-#: physical floor measured in the same run, ratio to it). Each benchmark adds its own.
-SUMMARY: list[tuple[str, str, str, str, str]] = []
+#: Rows of the one summary table ``make bench`` prints: (area, measurement, hepvol's
+#: result, the peer's result in the same run, the physical floor measured in the same
+#: run, the ratio, the goal and whether it is met). Each benchmark adds its own.
+SUMMARY: list[tuple[str, str, str, str, str, str, str]] = []
+SUMMARY_HEADER = ("area", "measurement", "hepvol", "peer (same run)", "floor (same run)",
+                  "ratio", "goal")  # fmt: skip
 
 
 def summarize(
-    area: str, measurement: str, result: str, floor: str = "", ratio: float | None = None
+    area: str,
+    measurement: str,
+    result: str,
+    floor: str = "",
+    ratio: float | str | None = None,
+    *,
+    peer: str = "",
+    goal: str = "",
 ) -> None:
-    """Add a row to the summary table (ratio: result / floor, when there is a floor)."""
-    SUMMARY.append((area, measurement, result, floor, f"{ratio:.1f}x" if ratio else ""))
+    """Add a row to the summary table (a float ratio is result / floor)."""
+    shown = f"{ratio:.1f}x floor" if isinstance(ratio, float) else (ratio or "")
+    SUMMARY.append((area, measurement, result, peer, floor, shown, goal))
 
 
 def latency_text(timing: Timing, *, rate: bool = True) -> str:
@@ -131,9 +185,12 @@ def latency_text(timing: Timing, *, rate: bool = True) -> str:
 SAMPLE = "bench.hepvol.org"
 
 
-def bench_world(workdir: str, *, targets: str = "targets", log_level: str = "INFO") -> Config:
+def bench_world(
+    workdir: str, *, targets: str = "targets", log_level: str = "INFO", client: str = "local"
+) -> Config:
     """A private hepvol world under ``workdir`` serving ``SAMPLE`` on the local backend.
 
+    With ``client="cvmfs2"`` CVMFS volumes are served by the real client instead.
     Its configuration is also written to ``<workdir>/config.toml`` for child processes.
     """
     for name in ("state", "mounts", targets, f"repositories/{SAMPLE}"):
@@ -146,6 +203,7 @@ def bench_world(workdir: str, *, targets: str = "targets", log_level: str = "INF
         target_roots=(os.path.join(workdir, targets),),
         log_level=log_level,
         local=LocalConfig(root=os.path.join(workdir, "repositories")),
+        cvmfs=CvmfsConfig(client=client),
     ).validate()
     with open(os.path.join(workdir, "config.toml"), "w") as handle:
         handle.write(dumps(config))
