@@ -351,8 +351,8 @@ def main(argv: list[str]) -> int:
         print("the real CVMFS client is not installed: the peers' rows are not measured\n")
         summarize("peers", "side-by-side rows", "not measured: no CVMFS client (cvmfs2)")
         return 0
-    rounds, per_round = (2, 20) if args.quick else (6, 250)
-    flex_rounds = 10 if args.quick else 150
+    rounds, per_round = (2, 10) if args.quick else (6, 250)
+    flex_rounds = 5 if args.quick else 150
     workdir = tempfile.mkdtemp(prefix="hepvol-bench-peers-")
     rows: list[Row] = []
     try:
