@@ -309,4 +309,4 @@ class MountManager:
         """Every backing mount with its condition and consumers."""
         from mount_core.status import collect
 
-        return collect(self.ledger)
+        return collect(self.ledger, self.service.table())
