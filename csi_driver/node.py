@@ -58,6 +58,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
             "volume_id": volume_id,
             "ephemeral": volumes.is_ephemeral(request.volume_context),
             "kubernetes": volumes.kubernetes_info(request.volume_context),
+            **volumes.pod_info(request.volume_context, target),
         }
         # A failed publish keeps nothing (target dir, consumer, fresh mount): the core
         # rolls it back, which is what inline ephemeral volumes need (no retry).

@@ -8,6 +8,7 @@ recorded with the consumer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,30 @@ def kubernetes_info(context: Mapping[str, str]) -> dict[str, str]:
         for key, value in context.items()
         if key.startswith(K8S_PREFIX) and "token" not in key.lower()
     }
+
+
+#: kubelet publishes a pod's CSI volume at ``<kubelet dir>/pods/<pod uid>/volumes/...``.
+_POD_TARGET = re.compile(r"/pods/([0-9A-Za-z-]{1,64})/volumes/")
+
+
+def pod_info(context: Mapping[str, str], target: str) -> dict[str, str]:
+    """The pod that holds a target, as FlexVolume consumers record it.
+
+    ``pod`` (namespace/name) and ``pod_uid`` from kubelet's pod info (the CSIDriver's
+    ``podInfoOnMount``); the uid from the target path when kubelet sent none.
+    """
+    info: dict[str, str] = {}
+    name = context.get(K8S_PREFIX + "pod.name", "")
+    if name and len(name) <= 253 and name.isprintable():
+        namespace = context.get(K8S_PREFIX + "pod.namespace", "") or "default"
+        info["pod"] = f"{namespace[:63]}/{name}"
+    uid = context.get(K8S_PREFIX + "pod.uid", "")
+    if not (uid and len(uid) <= 64 and uid.isprintable()):
+        found = _POD_TARGET.search(target)
+        uid = found.group(1) if found else ""
+    if uid:
+        info["pod_uid"] = uid
+    return info
 
 
 def spec_from_context(

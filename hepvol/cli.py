@@ -52,13 +52,14 @@ def _manager(args: argparse.Namespace) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hepvol import status
+    from hepvol import namespaces, status
 
     statuses = _manager(args).status()
+    namespace = namespaces.check()
     if args.json:
-        print(json.dumps(status.as_json(statuses), indent=2, sort_keys=True))
+        print(json.dumps(status.as_json(statuses, namespace), indent=2, sort_keys=True))
     else:
-        print(status.as_table(statuses))
+        print(status.as_table(statuses, namespace))
     return 0
 
 
