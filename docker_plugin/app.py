@@ -60,6 +60,8 @@ def _body() -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError:
         raise BadRequest("the request body is not JSON") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply to be a plugin call") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body

@@ -121,6 +121,12 @@ class Call:
             raise InvalidSpec(
                 "mount options", f"<{len(raw)} bytes>", f"are not valid JSON ({exc})"
             ) from None
+        except RecursionError:
+            raise InvalidSpec(
+                "mount options",
+                f"<{len(raw)} bytes>",
+                "are nested too deeply (kubelet sends one flat JSON object of strings)",
+            ) from None
         request = parse(self.backend, options)
         target = targets.normalize(target)  # a clear message before anything else sees it
         start = time.perf_counter()

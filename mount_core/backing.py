@@ -76,7 +76,14 @@ class BackingService:
         """
         name = "target-" + hashlib.sha256(target.encode()).hexdigest()[:32]
         with self.locks.hold(name, self.config.lock_timeout_seconds):
-            yield
+            try:
+                yield
+            finally:
+                # Nothing published there (any more): its lock file goes, or every
+                # pod ever scheduled would leave one behind.
+                with contextlib.suppress(StateError):
+                    if self.ledger.consumer_at(target) is None:
+                        self.locks.discard(name)
 
     # Backing mounts ---------------------------------------------------------------
 
@@ -135,6 +142,7 @@ class BackingService:
         self.backends.named(row.backend).unmount(row.path)
         self._remove_mount_dir(row.path)
         self.ledger.delete_backing(row.key)
+        self.locks.discard(row.key)
         event(log, "unmounted", volume=row.key, path=row.path)
 
     def remount(self, row: BackingRow) -> None:

@@ -12,6 +12,7 @@ parallel; mounting, unmounting and repairing hold it exclusive.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -91,6 +92,38 @@ def flock_until(fd: int, mode: int, deadline: float, what: str) -> None:
             delay = min(delay * 2, 0.005)
 
 
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)
+
+
+def lock_file(path: str, mode: int, deadline: float, what: str) -> int:
+    """Open (creating) and ``flock`` the lock file at ``path``; return its descriptor.
+
+    Lock files go with their volume (:meth:`LockDir.discard`). A holder that
+    opened the file just before it was removed would lock a file nobody else
+    sees, so after each lock the path must still name the locked file; if not,
+    the lock is taken again on the path's current file.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open the lock file of {what}: {exc.strerror}") from None
+        try:
+            flock_until(fd, mode, deadline, what)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 class LockDir:
     """The directory holding one lock file per spec key."""
 
@@ -110,18 +143,20 @@ class LockDir:
         if not local.acquire(shared, timeout):
             raise Busy(f"another operation on {key} is in progress; try again")
         try:
+            path = os.path.join(self.path, key + ".lock")
+            fd = lock_file(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline, key)
             try:
-                fd = os.open(
-                    os.path.join(self.path, key + ".lock"),
-                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                    0o600,
-                )
-            except OSError as exc:
-                raise StateError(f"cannot open the lock file of {key}: {exc.strerror}") from None
-            try:
-                flock_until(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline, key)
                 yield
             finally:
                 os.close(fd)
         finally:
             local.release(shared)
+
+    def discard(self, key: str) -> None:
+        """Remove the lock file of ``key`` once its volume is gone (lock held exclusively).
+
+        Otherwise every volume ever mounted leaves a file behind; a waiter that
+        opened the old file notices and locks the new one (:func:`lock_file`).
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.path, key + ".lock"))

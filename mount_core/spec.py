@@ -238,13 +238,15 @@ def check_client_config(text: str) -> str:
 
 def check_remote_path(path: str) -> str:
     rule = (
-        "must be an absolute path such as /eos/experiment/foo, without '..' or control characters"
+        "must be an absolute UTF-8 path such as /eos/experiment/foo, "
+        "without '..' or control characters"
     )
     if (
         not path.startswith("/")
         or len(path) > 4096
         or any(ord(c) < 32 or ord(c) == 127 for c in path)
         or any(part in (".", "..") for part in path.split("/"))
+        or any("\ud800" <= c <= "\udfff" for c in path)  # not UTF-8 (lone surrogates)
     ):
         raise InvalidSpec("path", path, rule)
     return path

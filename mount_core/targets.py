@@ -39,6 +39,12 @@ def normalize(target: str) -> str:
         )
     if not target.startswith("/"):
         raise InvalidTarget(f"target path {quote_value(target)} must be absolute")
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, smuggled in as surrogates
+        raise InvalidTarget(
+            f"target path {quote_value(target)} is not valid UTF-8; use a UTF-8 path"
+        ) from None
     parts = [p for p in target.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise InvalidTarget(f"target path {quote_value(target)} must not contain '.' or '..'")

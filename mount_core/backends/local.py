@@ -9,6 +9,7 @@ node without the CVMFS or EOS clients.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import sys
@@ -17,7 +18,8 @@ from collections.abc import Iterator
 
 from mount_core import bind, cgroups, rootdirs
 from mount_core.backends.base import Backend
-from mount_core.errors import InvalidSpec, MountFailed, MountTimeout, NotFound, Unavailable
+from mount_core.errors import Busy, InvalidSpec, MountFailed, MountTimeout, NotFound, Unavailable
+from mount_core.locks import lock_file
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.spec import VolumeSpec
 
@@ -79,8 +81,14 @@ class LocalBackend(Backend):
             )
         return path
 
+    def _log_path(self, path: str) -> str:
+        return os.path.join(self.log_dir, f"localfs-{os.path.basename(path)}.log")
+
     def pidfile(self, path: str) -> str:
         return os.path.join(self.run_dir, os.path.basename(path) + ".pid")
+
+    def _starting_path(self, path: str) -> str:
+        return self.pidfile(path)[: -len(".pid")] + ".starting"
 
     @contextlib.contextmanager
     def _starting(self, path: str) -> Iterator[int]:
@@ -92,24 +100,16 @@ class LocalBackend(Backend):
         of racing it (two servers stacked on one path, or a mount made after the
         path was given up).
         """
-        import fcntl
-
         rootdirs.ensure(self.run_dir, "run directory", 0o700)
-        fd = os.open(self.pidfile(path)[: -len(".pid")] + ".starting",
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # fmt: skip
         try:
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise MountTimeout(
-                            f"a FUSE server starting on {path} was not ready within "
-                            f"{self.timeout:g} s (mount_timeout_seconds)"
-                        ) from None
-                    time.sleep(0.05)
+            fd = lock_file(self._starting_path(path), fcntl.LOCK_EX,
+                           time.monotonic() + self.timeout, path)  # fmt: skip
+        except Busy:
+            raise MountTimeout(
+                f"a FUSE server starting on {path} was not ready within "
+                f"{self.timeout:g} s (mount_timeout_seconds)"
+            ) from None
+        try:
             yield fd
         finally:
             os.close(fd)
@@ -132,7 +132,7 @@ class LocalBackend(Backend):
             sys.executable, "-m", "mount_core.backends.localfs",
             "--fsname", FSNAME_PREFIX + spec.key,
             "--pidfile", pidfile,
-            "--log", os.path.join(self.log_dir, f"localfs-{spec.key}.log"),
+            "--log", self._log_path(path),
             "--hold-fd", str(starting),
             source, path,
         ]  # fmt: skip
@@ -170,6 +170,10 @@ class LocalBackend(Backend):
                 bind.unmount(path, lazy=True)
             # The server exits when its mount goes; a dead or hung one is cleared here.
             self._kill(self.pidfile(path), path)
+            # Its files go with it (locked: a server starting meanwhile would wait).
+            for name in (self._starting_path(path), self._log_path(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
 
     def _kill(self, pidfile: str, path: str) -> None:
         """SIGKILL the server of ``path`` named by ``pidfile``, if it is still that server.
