@@ -142,7 +142,7 @@ def test_crashes_and_bad_config_still_answer_one_failure(kubelet: Kubelet, tmp_p
     }
     expected = {
         "bad-toml.toml": "is not valid TOML",
-        "file-state.toml": "check state_dir",
+        "file-state.toml": "is not a directory; move it away",
         "odd-state.toml": "internal error: IsADirectoryError",
     }
     for name, text in broken.items():
