@@ -203,7 +203,8 @@ def bench_world(
         target_roots=(os.path.join(workdir, targets),),
         log_level=log_level,
         local=LocalConfig(root=os.path.join(workdir, "repositories")),
-        cvmfs=CvmfsConfig(client=client),
+        # Private cvmfs2 mounts get their cache here, never in the node's shared cache root.
+        cvmfs=CvmfsConfig(client=client, cache_root=os.path.join(workdir, "cvmfs-cache")),
     ).validate()
     with open(os.path.join(workdir, "config.toml"), "w") as handle:
         handle.write(dumps(config))

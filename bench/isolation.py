@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from mount_core import bind
 from mount_core.mountinfo import MountTable
@@ -46,7 +47,17 @@ def client_installed() -> bool:
     return shutil.which("cvmfs2") is not None and os.path.isfile("/sbin/mount.cvmfs")
 
 
-def private_cvmfs(workdir: str) -> str:
+@contextlib.contextmanager
+def private_cvmfs(workdir: str) -> Iterator[str]:
+    """A copy of /etc/cvmfs with a cache under ``workdir``, bound over /etc/cvmfs (this ns only)."""
+    cache = bind_private_cvmfs(workdir)
+    try:
+        yield cache
+    finally:
+        bind.unmount(ETC_CVMFS, lazy=True)
+
+
+def bind_private_cvmfs(workdir: str) -> str:
     """Bind a copy of /etc/cvmfs with a cache under ``workdir`` over /etc/cvmfs (this ns only)."""
     if not in_private_namespace():
         raise RuntimeError("refusing to bind over /etc/cvmfs in the host's mount namespace; "
@@ -135,7 +146,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        private_cvmfs(args.workdir)
+        bind_private_cvmfs(args.workdir)
         if args.fresh_run:
             _fresh_run(args.workdir)
         if args.var_cache:

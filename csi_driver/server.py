@@ -86,7 +86,6 @@ class CsiServer:
 
         import grpc
 
-        from csi_driver.controller import ControllerService
         from csi_driver.generated import csi_pb2_grpc, health_pb2_grpc
         from csi_driver.health import HealthService
         from csi_driver.identity import IdentityService
@@ -126,6 +125,8 @@ class CsiServer:
             csi_pb2_grpc.add_NodeServicer_to_server(node, self.server)
             services.append("csi.v1.Node")
         if mode != "node":
+            from csi_driver.controller import ControllerService  # a node never needs it
+
             controller = ControllerService(self.manager, driver)
             csi_pb2_grpc.add_ControllerServicer_to_server(controller, self.server)
             services.append("csi.v1.Controller")
@@ -165,8 +166,23 @@ class CsiServer:
             os.unlink(self.path)
 
 
+def cap_malloc_arenas(arenas: int = 2) -> None:
+    """Let glibc keep at most ``arenas`` malloc arenas (default: 8 per core).
+
+    Every gRPC worker thread would otherwise get an arena of its own, each holding
+    freed memory: a few MB of RSS after a burst of calls, for no measurable speed.
+    """
+    import ctypes
+
+    m_arena_max = -8  # <malloc.h>
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(m_arena_max, arenas)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     import logging
+
+    cap_malloc_arenas()  # before the first worker thread
 
     from csi_driver import DRIVER_NAMES
     from mount_core import metrics
