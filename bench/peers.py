@@ -336,10 +336,8 @@ GRPC_FLOOR = "import grpc; from csi_driver.generated import csi_pb2, csi_pb2_grp
 
 
 def import_rss(statement: str) -> float:
-    """Peak RSS (MB) of a fresh interpreter that only runs ``statement``."""
-    code = (
-        f"{statement}\nimport resource\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
+    """RSS (MB) of a fresh interpreter after it ran ``statement`` (VmRSS, not the peak)."""
+    code = f"{statement}\nprint(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, check=True)  # fmt: skip
     return int(result.stdout.split()[-1]) / 1024
