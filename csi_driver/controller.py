@@ -1,15 +1,12 @@
 """CSI Controller service: virtual volumes for dynamic provisioning.
 
 CVMFS repositories and EOS instances already exist, so creating a volume only
-validates the StorageClass parameters and records them (ledger ``volumes`` table,
-front ``csi-<backend>``); they come back as the volume context, which the Node
+validates the StorageClass parameters and records them (a core named volume of
+the front ``csi-<backend>``, :mod:`mount_core.volumes`); they come back as the volume context, which the Node
 service turns into a spec. The volume id is the CO's volume name.
 """
 
 from __future__ import annotations
-
-import hashlib
-import time
 
 import grpc
 
@@ -18,6 +15,7 @@ from csi_driver.errors import CsiError, invalid, require
 from csi_driver.generated import csi_pb2, csi_pb2_grpc
 from mount_core.errors import NotFound
 from mount_core.manager import MountManager
+from mount_core.volumes import NamedVolumes, VolumeExists
 
 _RPC = csi_pb2.ControllerServiceCapability.RPC
 #: CSI names and ids are at most 128 bytes in Kubernetes; refuse longer ones early.
@@ -26,12 +24,8 @@ MAX_NAME = 128
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     def __init__(self, manager: MountManager, backend: str) -> None:
-        self.manager = manager
         self.backend = backend
-        self.front = f"csi-{backend}"
-
-    def _lock_key(self, name: str) -> str:
-        return f"{self.front}-volume-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+        self.volumes = NamedVolumes(manager, f"csi-{backend}")
 
     def CreateVolume(
         self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
@@ -49,19 +43,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             raise invalid("mutable_parameters are not supported (no VolumeAttributesClass)")
         volumes.spec_from_context(self.backend, request.parameters)
         parameters = volumes.parameters(request.parameters)
-        with self.manager.service.locked(self._lock_key(name)):
-            existing = self.manager.ledger.volume(self.front, name)
-            if existing is not None and existing.spec.get("parameters") != parameters:
-                raise CsiError(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"volume {name!r} already exists with different parameters "
-                    f"({existing.spec.get('parameters')}); delete it or use another name",
-                )
-            if existing is None:
-                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                self.manager.ledger.put_volume(
-                    self.front, name, {"parameters": parameters}, created
-                )
+        try:
+            self.volumes.create(name, {"parameters": parameters})
+        except VolumeExists as exists:
+            raise CsiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"volume {name!r} already exists with different parameters "
+                f"({exists.existing.record.get('parameters')}); delete it or use another name",
+            ) from None
         return csi_pb2.CreateVolumeResponse(
             volume=csi_pb2.Volume(volume_id=name, capacity_bytes=0, volume_context=parameters)
         )
@@ -70,8 +59,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteVolumeResponse:
         volume_id = require(request.volume_id, "volume_id")
-        with self.manager.service.locked(self._lock_key(volume_id)):
-            self.manager.ledger.delete_volume(self.front, volume_id)
+        self.volumes.remove(volume_id)
         return csi_pb2.DeleteVolumeResponse()
 
     def ValidateVolumeCapabilities(
@@ -80,12 +68,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         volume_id = require(request.volume_id, "volume_id")
         if not request.volume_capabilities:
             raise invalid("volume_capabilities is required (at least one)")
-        record = self.manager.ledger.volume(self.front, volume_id)
+        record = self.volumes.get(volume_id)
         context_keys = volumes.parameters(request.volume_context)
         if record is None and not context_keys:
             raise NotFound(f"volume {volume_id!r} does not exist (not created by this controller "
                            "and no volume context given)")  # fmt: skip
-        stored = record.spec.get("parameters", {}) if record is not None else {}
+        stored = record.record.get("parameters", {}) if record is not None else {}
         volumes.spec_from_context(self.backend, context_keys or stored)
         notes = []
         for index, capability in enumerate(request.volume_capabilities):

@@ -16,8 +16,7 @@ from csi_driver.errors import CsiError, invalid, require
 from csi_driver.generated import csi_pb2, csi_pb2_grpc
 from mount_core.consumer import Consumer
 from mount_core.errors import InvalidTarget, NotFound
-from mount_core.ledger import ConsumerRow
-from mount_core.manager import MountManager
+from mount_core.manager import ConsumerRow, MountManager
 
 _RPC = csi_pb2.NodeServiceCapability.RPC
 

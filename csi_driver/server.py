@@ -195,7 +195,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        metrics.register(server.manager.ledger)
+        metrics.register(server.manager)
         start_http_server(args.metrics_port, addr=args.metrics_address)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mount_core.consumer import Consumer
-from mount_core.ledger import ConsumerRow
 from mount_core.logs import event
-from mount_core.manager import MountManager
+from mount_core.manager import ConsumerRow, MountManager
 
 log = logging.getLogger("hepvol.docker")
 
@@ -86,7 +85,7 @@ def holding_containers(docker_host: str | None, timeout: float = 10.0) -> Counte
 def docker_holders(manager: MountManager) -> dict[tuple[str, str], list[ConsumerRow]]:
     """The Docker consumers in the ledger, by (driver, volume name), oldest first."""
     found: dict[tuple[str, str], list[ConsumerRow]] = {}
-    for row in manager.ledger.consumers():
+    for row in manager.consumers():
         driver, volume = row.info.get("driver"), row.info.get("volume")
         if row.kind == "docker" and isinstance(driver, str) and isinstance(volume, str):
             found.setdefault((driver, volume), []).append(row)

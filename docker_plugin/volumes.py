@@ -1,29 +1,28 @@
 """Docker volumes of one driver, translated to the core.
 
 A Docker volume is a name, a :class:`~mount_core.spec.VolumeSpec` and (EOS only)
-an optional credential. Its record lives in the ledger's ``volumes`` table under
-the driver name, so ``Get``/``List`` answer from the first call after a restart
-or a reboot. Mount and Unmount are the core's ``acquire``/``release`` with the
+an optional credential: a core named volume (:mod:`mount_core.volumes`) of the
+driver, so ``Get``/``List`` answer from the first call after a restart or a
+reboot. Mount and Unmount are the core's ``acquire``/``release`` with the
 consumer ``docker:<mount ID>`` (a multiset); each consumer row carries the driver
 and volume name so that in-use checks and stale-consumer clean-up can find it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mount_core import volumes
 from mount_core.consumer import Consumer
-from mount_core.credentials import CredentialStore
-from mount_core.errors import Busy, Conflict, InUse, InvalidSpec, NotFound
-from mount_core.ledger import ConsumerRow, VolumeRow
-from mount_core.manager import MountManager
+from mount_core.errors import Busy, Conflict, InvalidSpec, NotFound
+from mount_core.manager import ConsumerRow, MountManager
 from mount_core.spec import CVMFS_OPTIONS, EOS_OPTIONS, Credential, VolumeSpec, from_docker_name
+from mount_core.volumes import NAME_MAX, NamedVolume, NamedVolumes, VolumeExists
 
-NAME_MAX = 255
 NAME_RULE = (
     "use 1-255 printable characters without '/', '..', NUL or newlines "
     "(CVMFS volumes are named repo, repo@tag or repo#hash)"
@@ -39,15 +38,7 @@ VALID_OPTIONS = {
 
 def check_name(name: object) -> str:
     """Refuse Docker volume names that could not safely name anything."""
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name) <= NAME_MAX
-        or "/" in name
-        or ".." in name
-        or not name.isprintable()  # control, format (bidi) and line-separator characters
-    ):
-        raise InvalidSpec("volume name", name, NAME_RULE)
-    return name
+    return volumes.check_name(name, rule=NAME_RULE)
 
 
 def check_mount_id(ident: str) -> str:
@@ -55,10 +46,6 @@ def check_mount_id(ident: str) -> str:
     if len(ident) > NAME_MAX or not ident.isprintable():
         raise InvalidSpec("mount ID", ident, "use at most 255 printable characters")
     return ident
-
-
-def _timestamp(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 @dataclass(frozen=True)
@@ -87,7 +74,7 @@ class DockerVolumes:
         self.manager = manager
         self.driver = driver
         self.backend = backend
-        self.credentials = CredentialStore(manager.config.state_dir)
+        self.volumes = NamedVolumes(manager, driver)
         if ready is None:
             ready = threading.Event()
             ready.set()
@@ -129,8 +116,8 @@ class DockerVolumes:
             spec = VolumeSpec.from_public(spec.to_public(), credential)
         return spec, credential is not None
 
-    def _record(self, name: str) -> VolumeRow:
-        row = self.manager.ledger.volume(self.driver, name)
+    def _record(self, name: str) -> NamedVolume:
+        row = self.volumes.get(name)
         if row is None:
             raise NotFound(
                 f"no {self.driver} volume named {name!r}; create it with "
@@ -142,21 +129,21 @@ class DockerVolumes:
         """The spec of an existing volume (with its credential put back)."""
         row = self._record(name)
         credential = None
-        if "credential" in row.spec:
-            credential = self.credentials.get(self.driver, name)
+        if "credential" in row.record:
+            credential = self.volumes.credential(name)
             if credential is None:
                 raise NotFound(
                     f"the credential of volume {name!r} is missing from this node; "
                     "remove the volume and create it again"
                 )
-        return VolumeSpec.from_public(row.spec, credential)
+        return VolumeSpec.from_public(row.record, credential)
 
     def holders(self, name: str, spec: VolumeSpec | None = None) -> list[ConsumerRow]:
         """The Docker mounts currently holding volume ``name``."""
         key = (spec or self.spec(name)).key
         return [
             row
-            for row in self.manager.ledger.consumers(key)
+            for row in self.manager.consumers(key)
             if row.kind == "docker"
             and row.info.get("driver") == self.driver
             and row.info.get("volume") == name
@@ -167,43 +154,39 @@ class DockerVolumes:
     def create(self, name: str, opts: Mapping[str, Any] | None) -> None:
         """Record a volume; the same name with the same options again is fine."""
         spec, has_secret = self.parse(name, opts)
-        existing = self.manager.ledger.volume(self.driver, name)
-        if existing is not None:
-            if existing.spec != spec.to_public():
-                raise Conflict(
-                    f"volume {name!r} already exists with other options "
-                    f"({VolumeSpec.from_public(existing.spec).source}); "
-                    f"remove it first with `docker volume rm {name}`"
-                )
-            return
-        if has_secret:
-            assert spec.credential is not None
-            self.credentials.put(self.driver, name, spec.credential)
-        self.manager.ledger.put_volume(self.driver, name, spec.to_public(), _timestamp(time.time()))
+        try:
+            self.volumes.create(name, spec.to_public(), spec.credential if has_secret else None)
+        except VolumeExists as exists:
+            raise Conflict(
+                f"volume {name!r} already exists with other options "
+                f"({VolumeSpec.from_public(exists.existing.record).source}); "
+                f"remove it first with `docker volume rm {name}`"
+            ) from None
 
     def remove(self, name: str) -> None:
         """Forget a volume no container holds; removing an unknown one is not an error."""
         check_name(name)
-        if self.manager.ledger.volume(self.driver, name) is None:
-            return
-        held = len(self.holders(name))
-        if held:
-            raise InUse(
+
+        def in_use(volume: NamedVolume) -> str:
+            held = len(self.holders(name))
+            if not held:
+                return ""
+            return (
                 f"volume {name!r} is in use by {held} mount{'s' if held != 1 else ''} "
                 "(running containers); stop or remove those containers first"
             )
-        self.manager.ledger.delete_volume(self.driver, name)
-        self.credentials.delete(self.driver, name)
+
+        self.volumes.remove(name, in_use)
 
     def mount(self, name: str, ident: str) -> str:
         """Hold the volume for Docker mount ``ident``; returns the path to bind."""
         check_name(name)
-        spec = self.spec(name)
         self._wait_ready()
         consumer = Consumer(
             "docker", check_mount_id(ident), {"driver": self.driver, "volume": name}
         )
-        return self.manager.acquire(spec, consumer)
+        with self.volumes.locked(name, shared=True):  # not removed while it is mounted
+            return self.manager.acquire(self.spec(name), consumer)
 
     def unmount(self, name: str, ident: str) -> None:
         """Drop one hold of mount ``ident`` (an unknown one is not an error)."""
@@ -216,28 +199,27 @@ class DockerVolumes:
         check_name(name)
         return self._describe(self._record(name))
 
-    def _describe(self, row: VolumeRow) -> Mounted:
-        spec = VolumeSpec.from_public(row.spec)
+    def _describe(self, row: NamedVolume) -> Mounted:
+        spec = VolumeSpec.from_public(row.record)
         status: dict[str, Any] = {"source": spec.source}
-        if "credential" in row.spec:
-            credential = self.credentials.get(self.driver, row.name)
+        if "credential" in row.record:
+            credential = self.volumes.credential(row.name)
             if credential is None:
                 status["message"] = "the credential is missing on this node; re-create the volume"
                 return Mounted(row.name, "", row.created_at, status)
-            spec = VolumeSpec.from_public(row.spec, credential)
+            spec = VolumeSpec.from_public(row.record, credential)
         mountpoint = ""
         held = len(self.holders(row.name, spec))
         if held:
             mountpoint = self.manager.backing_path(spec) or ""
-            backing = self.manager.ledger.backing(spec.key)
             status["mounts"] = held
-            if backing is not None:
-                status["condition"] = backing.condition
-                if backing.message:
-                    status["message"] = backing.message
+            with contextlib.suppress(NotFound):
+                condition, message = self.manager.condition(spec.key)
+                status["condition"] = condition
+                if message:
+                    status["message"] = message
         return Mounted(row.name, mountpoint, row.created_at, status)
 
     def list(self) -> list[Mounted]:
         """Every volume of this driver."""
-        rows = self.manager.ledger.volumes(self.driver)
-        return [self._describe(row) for row in rows]
+        return [self._describe(row) for row in self.volumes.list()]

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        metrics.register(manager.ledger)
+        metrics.register(manager)
         try:
             server = start_http_server(args.metrics_port, addr=args.metrics_address)
         except OSError as exc:

@@ -26,7 +26,8 @@ from mount_core.config import Config
 from mount_core.consumer import Consumer
 from mount_core.errors import Conflict, HepvolError, NotFound
 from mount_core.kernel import Kernel
-from mount_core.ledger import ConsumerRow, Ledger
+from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions answer
+from mount_core.ledger import Ledger
 from mount_core.logs import event
 from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
@@ -262,6 +263,10 @@ class MountManager:
         """Where ``spec`` is served while it is mounted, else None."""
         row = self.service.mounted(spec.key)
         return None if row is None else serving_path(row.path, spec.subpath)
+
+    def consumers(self, key: str | None = None) -> list[ConsumerRow]:
+        """The consumers of backing mount ``key`` (of every one when None), oldest first."""
+        return self.ledger.consumers(key)
 
     def consumer_at(self, target: str) -> ConsumerRow | None:
         return self.ledger.consumer_at(targets.normalize(target))

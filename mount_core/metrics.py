@@ -9,6 +9,7 @@ process's own. Imported only by daemons: FlexVolume calls stay lean.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -16,6 +17,9 @@ from prometheus_client.registry import Collector
 
 from mount_core.ledger import Ledger
 from mount_core.status import collect
+
+if TYPE_CHECKING:
+    from mount_core.manager import MountManager
 
 OPERATIONS = Counter(
     "hepvol_operations_total", "Core operations by kind and result", ["operation", "result"]
@@ -61,5 +65,6 @@ class LedgerCollector(Collector):
         yield consumers
 
 
-def register(ledger: Ledger, registry: CollectorRegistry = REGISTRY) -> None:
-    registry.register(LedgerCollector(ledger))
+def register(manager: MountManager, registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve the node's mounts and consumers (read from the core's ledger at each scrape)."""
+    registry.register(LedgerCollector(manager.ledger))

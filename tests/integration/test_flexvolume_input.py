@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flexvolume import install
+from mount_core.mountinfo import MountTable
 from tests.conftest import SAMPLE, HepvolEnv
 from tests.integration.test_flexvolume import Kubelet, kubelet_options
 
@@ -107,6 +108,20 @@ def test_eos_volume_with_a_secret_from_the_pods_secret_ref(kubelet: Kubelet) -> 
             assert b"not-a-real-token" not in path.read_bytes(), f"secret leaked into {path}"
     assert kubelet.unmount(pod, driver="eos")["status"] == "Success"
     assert kubelet.mounts() == []
+
+
+def test_the_reply_names_the_mode_the_core_bound(kubelet: Kubelet) -> None:
+    """An EOS volume asked read-write of the embedded (read-only) server is bound read-only,
+    and the reply says so (it said "read-write" while the core had bound it read-only)."""
+    kubelet.env.make_repo("eospublic", {"data.txt": "x\n"})
+    pod = kubelet.pod_dir(driver="eos", name="eos")
+    options = {**kubelet_options(instance="eospublic"), "kubernetes.io/readwrite": "rw"}
+    reply = kubelet.mount(pod, options, driver="eos")
+    assert reply["status"] == "Success", reply
+    entry = MountTable().at(str(pod))
+    assert entry is not None and entry.readonly
+    assert "mounted read-only at" in reply["message"], reply
+    assert kubelet.unmount(pod, driver="eos")["status"] == "Success"
 
 
 @pytest.mark.parametrize(

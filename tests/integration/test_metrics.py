@@ -13,7 +13,7 @@ from tests.conftest import SAMPLE, HepvolEnv
 def test_metrics_report_mounts_consumers_and_operations(hepvol_env: HepvolEnv) -> None:
     manager = hepvol_env.manager(on_operation=metrics.record_operation)
     registry = CollectorRegistry()
-    metrics.register(manager.ledger, registry)
+    metrics.register(manager, registry)
     spec = VolumeSpec(backend="cvmfs", repository=SAMPLE)
     for name in ("a", "b"):
         target = str(hepvol_env.targets / name)
