@@ -31,7 +31,7 @@ from mount_core.kernel import Kernel
 from mount_core.ledger import BackingRow, ConsumerRow, Ledger
 from mount_core.locks import LockDir
 from mount_core.logs import event
-from mount_core.mountinfo import MountTable
+from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.probe import Condition, ProbeResult
 from mount_core.spec import VolumeSpec
 
@@ -95,20 +95,43 @@ class BackingService:
         row = self.ledger.backing(key)
         return row if row is not None and row.state == MOUNTED else None
 
+    def live_entry(self, backend: str, path: str, table: MountTable) -> MountEntry | None:
+        """The mount ``path`` really reaches when it is one ``backend`` made, mounted there.
+
+        A mountinfo row at ``path`` alone proves nothing: a mount over a parent
+        (a container's state volume, a hidden copy) leaves the row and shows an
+        empty directory at the path.
+        """
+        entry = self.kernel.resolve(path, table)
+        if entry is None or entry.mount_point != path:
+            return None
+        return entry if self.backends.named(backend).owns(entry) else None
+
     def is_ours(self, row: BackingRow, table: MountTable) -> bool:
-        """True when the kernel shows the backing mount of ``row`` made by its backend."""
-        entry = table.at(row.path)
-        return entry is not None and self.backends.named(row.backend).owns(entry)
+        """True when ``row.path`` reaches the backing mount of ``row`` made by its backend."""
+        return self.live_entry(row.backend, row.path, table) is not None
 
     def ensure(self, spec: VolumeSpec) -> BackingRow:
-        """The mounted backing row of ``spec``, mounting (or adopting) it first (exclusive lock)."""
+        """The mounted backing row of ``spec``, mounting (or adopting) it first (exclusive lock).
+
+        A row recorded as mounted whose path no longer reaches its mount (hidden, or
+        unmounted behind our back) is mounted again, never bound from as it is.
+        """
         row = self.ledger.backing(spec.key)
         if row is not None and row.state == MOUNTED:
-            return row
+            if self.is_ours(row, self.table()):
+                return row
+            event(log, "backing mount not reachable at its path: mounting it again",
+                  volume=spec.key, path=row.path, level=logging.WARNING)  # fmt: skip
+            self.remount(row)
+            self.serve_targets(row)
+            fresh = self.ledger.backing(spec.key)
+            assert fresh is not None
+            return fresh
         backend = self.backends.for_spec(spec)
         path = backend.path_for(spec)
-        entry = self.table().at(path)
-        if entry is not None and backend.owns(entry) and os.path.basename(path) == spec.key:
+        entry = self.live_entry(backend.name, path, self.table())
+        if entry is not None and os.path.basename(path) == spec.key:
             event(log, "adopting existing backing mount", volume=spec.key, path=path)
         else:
             self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTING)
@@ -165,9 +188,8 @@ class BackingService:
 
     def probe(self, row: BackingRow, table: MountTable) -> ProbeResult:
         """Probe a backing mount within the probe timeout; a missing one is dead."""
-        entry = table.at(row.path)
         backend = self.backends.named(row.backend)
-        if entry is None or not backend.owns(entry):
+        if self.live_entry(row.backend, row.path, table) is None:
             return ProbeResult(Condition.FAILED, "not mounted", dead=True)
         own = backend.check_health(row.path, self.kernel.prober)
         return self.kernel.probe(row.path) if own is None else own
@@ -199,10 +221,28 @@ class BackingService:
 
     # Targets ------------------------------------------------------------------------
 
-    def serves(self, row: BackingRow, target: str, table: MountTable) -> bool:
-        """True when ``target`` is a bind of the live backing mount of ``row``."""
-        bound, backing = table.at(target), table.at(row.path)
-        return bound is not None and backing is not None and bound.device == backing.device
+    def serves(self, row: BackingRow, target: str, table: MountTable, subpath: str = "") -> bool:
+        """True when ``target`` reaches a bind of the live backing mount of ``row``.
+
+        Decided from what both paths really reach (never from the rows at them): the
+        same device and the same root inside it (the backing mount's, plus
+        ``subpath``). A bind of another spec's mount, of a dead mount since
+        replaced, or one hidden by a mount over the target's parent is not serving.
+        """
+        backing = self.live_entry(row.backend, row.path, table)
+        bound = self.kernel.resolve(target, table)
+        if backing is None or bound is None or bound.mount_point != target:
+            return False
+        root = os.path.normpath(os.path.join(backing.root, subpath)) if subpath else backing.root
+        return bound.device == backing.device and bound.root == root
+
+    def _check_served(self, backing: BackingRow, subpath: str, target: str) -> None:
+        """After a bind: the target must reach it, or the bind was no use to anyone."""
+        if not self.serves(backing, target, self.table(), subpath):
+            raise MountFailed(
+                f"{target} does not show {backing.key} after binding it: a mount over the "
+                "target or one of its parents hides it; unmount that and retry"
+            )
 
     def bind_new(
         self,
@@ -228,6 +268,7 @@ class BackingService:
                 raise
             try:
                 self._bind(backing, spec.subpath, opened.fd, readonly)
+                self._check_served(backing, spec.subpath, target)
             except (OSError, HepvolError) as exc:
                 self.ledger.delete_consumer(row_id)
                 if opened.created:
@@ -263,7 +304,7 @@ class BackingService:
         """
         assert consumer.target is not None
         table = self.table() if table is None else table
-        if self.serves(backing, consumer.target, table):
+        if self.serves(backing, consumer.target, table, consumer.subpath):
             if consumer.state != ACTIVE:
                 self.ledger.set_consumer_state(consumer.id, ACTIVE)
             return False
@@ -271,6 +312,7 @@ class BackingService:
             self.unbind(consumer.target)
         with targets.open_target(consumer.target, self.config.target_roots, create=False) as opened:
             self._bind(backing, consumer.subpath, opened.fd, consumer.readonly)
+        self._check_served(backing, consumer.subpath, consumer.target)
         self.ledger.set_consumer_state(consumer.id, ACTIVE)
         return True
 

@@ -8,8 +8,8 @@ table in memory and decide publish, reconcile and repair without root.
 
 from __future__ import annotations
 
-from mount_core import bind
-from mount_core.mountinfo import MountTable
+from mount_core import bind, mountinfo
+from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.probe import Prober, ProbeResult
 
 
@@ -23,6 +23,17 @@ class Kernel:
     def mount_table(self) -> MountTable:
         """A fresh snapshot of this process's mount table."""
         return MountTable()
+
+    def resolve(self, path: str, table: MountTable) -> MountEntry | None:
+        """The row of ``table`` for the mount ``path`` really reaches, never blocking.
+
+        Not necessarily the row at ``path``: a mount over one of its parents hides
+        that one. None when the path is gone or reaches a mount newer than ``table``.
+        """
+        try:
+            return table.by_id(mountinfo.mount_id_of(path))
+        except OSError:
+            return None
 
     def bind(self, source_fd: int, target_fd: int, *, readonly: bool, recursive: bool) -> None:
         """Bind the directory open at ``source_fd`` onto the one open at ``target_fd``.

@@ -6,6 +6,8 @@ Paths in mountinfo escape space, tab, newline and backslash as octal (``\\040``)
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,6 +84,46 @@ def read(path: str = MOUNTINFO) -> list[MountEntry]:
         return parse(handle.read())
 
 
+_STATX_MNT_ID = 0x1000
+_AT_SYMLINK_NOFOLLOW, _AT_NO_AUTOMOUNT, _AT_STATX_DONT_SYNC = 0x100, 0x800, 0x4000
+_STATX_SIZE, _STATX_MASK_AT, _STATX_MNT_ID_AT = 256, 0, 144
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount_id_of(path: str) -> int:
+    """The id of the mount ``path`` resolves to (``statx`` ``STATX_MNT_ID``).
+
+    What the path really reaches, which a mountinfo row at that path may not be (a
+    mount over one of its parents hides it). The last component is not followed if
+    it is a symlink, no automount is triggered, and the attributes are not
+    synchronised, so a dead or hung FUSE server is never asked anything.
+    Raises OSError (ENOENT, ENOTCONN on a dead mount's parent, ...).
+    """
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    flags = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT | _AT_STATX_DONT_SYNC
+    if _libc.statx(-100, os.fsencode(path), flags, _STATX_MNT_ID, buffer) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    mask = int.from_bytes(buffer.raw[_STATX_MASK_AT : _STATX_MASK_AT + 4], "little")
+    if not mask & _STATX_MNT_ID:
+        raise OSError(0, "the kernel does not report mount ids (statx STATX_MNT_ID, Linux 5.8)")
+    return int.from_bytes(buffer.raw[_STATX_MNT_ID_AT : _STATX_MNT_ID_AT + 8], "little")
+
+
+def mounted_at(path: str, table: MountTable | None = None) -> MountEntry | None:
+    """The mount ``path`` really reaches when it is mounted exactly there, else None.
+
+    Unlike ``MountTable().at(path)``, a row hidden by a mount over one of the
+    path's parents is not taken for a mount at the path.
+    """
+    table = MountTable() if table is None else table
+    try:
+        entry = table.by_id(mount_id_of(path))
+    except OSError:
+        return None
+    return entry if entry is not None and entry.mount_point == path else None
+
+
 class MountTable:
     """A snapshot of mountinfo indexed by mount point (the topmost mount wins)."""
 
@@ -92,7 +134,12 @@ class MountTable:
             self._by_point[entry.mount_point] = entry
 
     def at(self, mount_point: str) -> MountEntry | None:
+        """The topmost row at ``mount_point``: what mountinfo says, not what the path
+        reaches (see :meth:`by_id` with :func:`mount_id_of`)."""
         return self._by_point.get(mount_point)
+
+    def by_id(self, mount_id: int) -> MountEntry | None:
+        return next((e for e in self.entries if e.mount_id == mount_id), None)
 
     def under(self, root: str) -> Iterator[MountEntry]:
         """Mounts at ``root`` or below it."""

@@ -20,7 +20,7 @@ from mount_core import bind, cgroups, rootdirs
 from mount_core.backends.base import Backend
 from mount_core.errors import Busy, InvalidSpec, MountFailed, MountTimeout, NotFound, Unavailable
 from mount_core.locks import lock_file
-from mount_core.mountinfo import MountEntry, MountTable
+from mount_core.mountinfo import MountEntry, MountTable, mounted_at
 from mount_core.spec import VolumeSpec
 
 FSTYPE = "fuse.hepvol"
@@ -116,7 +116,7 @@ class LocalBackend(Backend):
 
     def mount(self, spec: VolumeSpec, path: str) -> None:
         with self._starting(path) as starting:
-            entry = MountTable().at(path)
+            entry = mounted_at(path)  # a row hidden under a mount over a parent is no mount
             if entry is not None and self.owns(entry):
                 return  # a server whose starter died finished starting: adopt it
             self._start_server(spec, path, starting)

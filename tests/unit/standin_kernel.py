@@ -40,6 +40,10 @@ def _resolve(path: str) -> str:
     return os.path.join(base, name) if name else base
 
 
+def _contains(mount_point: str, path: str) -> bool:
+    return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+
+
 class StandinKernel(Kernel):
     """Mount table, binds, unmounts and probes in memory."""
 
@@ -66,22 +70,33 @@ class StandinKernel(Kernel):
         )
         time.sleep(self.bind_delay)
         with self._lock:
-            under = [e for e in self.entries if source == e.mount_point
-                     or source.startswith(e.mount_point.rstrip("/") + "/")]  # fmt: skip
-            backing = max(under, key=lambda e: len(e.mount_point))
-            root = "/" + os.path.relpath(source, backing.mount_point).removeprefix(".")
-            self._add(target, backing.device, backing.source, root=root.rstrip("/") or "/",
-                      readonly=readonly)  # fmt: skip
+            backing = self.resolve(source, MountTable(list(self.entries)))
+            assert backing is not None, f"{source} is on no mount"
+            inside = os.path.relpath(source, backing.mount_point).removeprefix(".")
+            root = os.path.normpath(os.path.join(backing.root, inside.lstrip("/")))
+            self._add(target, backing.device, backing.source, root=root, readonly=readonly)
             self.binds += 1
 
+    def resolve(self, path: str, table: MountTable) -> MountEntry | None:
+        """The mount ``path`` reaches: the deepest of the mounts at it or at a parent
+        that no later mount covers (at the same point or at one of its parents)."""
+        path = _resolve(path)
+        entries = [e for e in table.entries if _contains(e.mount_point, path)]
+        visible = [
+            e for i, e in enumerate(entries)
+            if not any(_contains(later.mount_point, e.mount_point) for later in entries[i + 1 :])
+        ]  # fmt: skip
+        return max(visible, key=lambda e: len(e.mount_point), default=None)
+
     def unmount(self, path: str, *, lazy: bool = False) -> bool:
+        """Unmount what ``path`` reaches when it is mounted exactly there (as umount2)."""
         path = _resolve(path)
         with self._lock:
-            for index in range(len(self.entries) - 1, -1, -1):
-                if self.entries[index].mount_point == path:
-                    del self.entries[index]
-                    return True
-        return False
+            entry = self.resolve(path, MountTable(list(self.entries)))
+            if entry is None or entry.mount_point != path:
+                return False
+            self.entries.remove(entry)
+        return True
 
     def probe(self, path: str) -> ProbeResult:
         if path in self.dead:
@@ -110,6 +125,11 @@ class StandinKernel(Kernel):
         """Every entry at ``point``, bottom first (stacked binds show as several)."""
         with self._lock:
             return [e for e in self.entries if e.mount_point == point]
+
+    def cover(self, point: str) -> None:
+        """Mount an empty file system at ``point``, hiding what is mounted at or below it."""
+        with self._lock:
+            self._add(point, f"0:{next(self._ids)}", "tmpfs")
 
     def kill_server(self, point: str) -> None:
         """What a FUSE server's death looks like: the mount stays, every access fails."""
