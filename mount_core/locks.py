@@ -112,6 +112,11 @@ def lock_file(path: str, mode: int, deadline: float, what: str) -> int:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            # The lock directory was removed under a running daemon (an admin's
+            # clean-up): every later call would fail until a restart. Make it again.
+            rootdirs.ensure(os.path.dirname(path), "lock directory", 0o700)
+            continue
         except OSError as exc:
             raise StateError(f"cannot open the lock file of {what}: {exc.strerror}") from None
         try:
