@@ -36,6 +36,8 @@ class Report:
     dropped: list[str] = field(default_factory=list)
     unmounted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: FUSE mounts under the mount root that no ledger row and no backend claims.
+    foreign: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return dict(vars(self))
@@ -151,8 +153,30 @@ class Reconciler:
         known = {r.path for r in self.ledger.backings()}
         known |= {c.target for c in self.ledger.consumers() if c.target}
         for entry in reversed(table.entries):
-            if entry.mount_point not in known and self._orphan(entry):
+            if entry.mount_point in known:
+                continue
+            if self._orphan(entry):
                 report.unmounted.append(entry.mount_point)
+            elif self.service.backends.owner_of(entry) is None:
+                self._stray(entry, report)
+
+    def _stray(self, entry: MountEntry, report: Report) -> None:
+        """A FUSE mount under the mount root that nothing of ours claims.
+
+        One named like hepvol's own (e.g. a private cvmfs2 mount whose ledger row
+        was lost) is removed with its client by its backend; anything else is only
+        reported (an admin's mount, an older hepvol's bare ``/dev/fuse`` client).
+        """
+        if not (_below(entry.mount_point, self.service.config.mount_root)
+                and entry.fstype.startswith("fuse")):  # fmt: skip
+            return
+        if self.service.backends.remove_stray(entry):
+            report.unmounted.append(entry.mount_point)
+            return
+        report.foreign.append(entry.mount_point)
+        event(log, f"a FUSE mount under the mount root is not hepvol's (source {entry.source!r}):"
+              " left alone; unmount it if nothing uses it", volume=None, path=entry.mount_point,
+              level=logging.WARNING)  # fmt: skip
 
     def _orphan(self, entry: MountEntry) -> bool:
         """Unmount ``entry`` if it is an unknown mount of ours; True when it was."""

@@ -63,6 +63,10 @@ class Backends:
                 return backend
         return None
 
+    def remove_stray(self, entry: MountEntry) -> bool:
+        """Remove a mount named like one of ours that no backend owns; True when removed."""
+        return any(backend.remove_stray(entry) for backend in self._by_name.values())
+
     @property
     def local(self) -> LocalBackend:
         backend = self._by_name["local"]

@@ -44,6 +44,11 @@ class Backend(ABC):
     def owns(self, entry: MountEntry) -> bool:
         """True when a mountinfo entry is a backing mount this backend made."""
 
+    def remove_stray(self, entry: MountEntry) -> bool:
+        """Unmount ``entry`` (not owned, unknown to the ledger) if it carries this
+        backend's naming, with whatever serves it; True when it did."""
+        return False
+
     def revive(self, data: dict[str, Any], key: str) -> VolumeSpec:
         """Rebuild the spec of a ledger row (to remount it after a crash or reboot).
 

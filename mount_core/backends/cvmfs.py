@@ -284,6 +284,15 @@ class Cvmfs2Backend(Backend):
         private = entry.source == cvmfs_client.PRIVATE_PREFIX + os.path.basename(entry.mount_point)
         return inside and entry.fstype == FSTYPE and (entry.source == SOURCE or private)
 
+    def remove_stray(self, entry: MountEntry) -> bool:
+        if not entry.source.startswith(cvmfs_client.PRIVATE_PREFIX):
+            return False
+        fuse_unmount(entry.mount_point, lazy=True, timeout=self.timeout)
+        cvmfs_client.stop(cvmfs_client.client_pids(mount_point=entry.mount_point), grace=2.0)
+        with contextlib.suppress(OSError):
+            os.rmdir(entry.mount_point)
+        return True
+
     def check_health(self, path: str, prober: Prober) -> ProbeResult | None:
         """For the autofs root: find repositories whose client died, without touching them.
 

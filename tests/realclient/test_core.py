@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from mount_core.backends import Backends
 from mount_core.consumer import Consumer
 from mount_core.errors import InvalidSpec, NotFound
 from mount_core.health import HealthMonitor
@@ -158,3 +161,46 @@ def test_stopped_client_answers_within_bounds_and_says_why(
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
+
+
+def _bare_cvmfs2(env: HepvolEnv, mount_point: Path) -> None:
+    """What an older hepvol left: ``cvmfs2 -o config=FILE`` with no fsname (``/dev/fuse``)."""
+    user = pwd.getpwnam("cvmfs")
+    base = env.workdir / "bare"
+    for owned in ("cache", "run"):
+        (base / owned).mkdir(parents=True)
+        os.chown(base / owned, user.pw_uid, user.pw_gid)
+    config = base / "client.conf"
+    config.write_text(
+        f"CVMFS_SERVER_URL=http://127.0.0.1/cvmfs/{REPO}\nCVMFS_HTTP_PROXY=DIRECT\n"
+        f"CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/{REPO}.pub\nCVMFS_NFILES=16384\n"
+        f"CVMFS_CACHE_BASE={base}/cache\nCVMFS_RELOAD_SOCKETS={base}/run\nCVMFS_SHARED_CACHE=no\n"
+    )
+    mount_point.mkdir()
+    options = f"config={config},uid={user.pw_uid},gid={user.pw_gid}"
+    subprocess.run(
+        ["cvmfs2", "-o", options, REPO, str(mount_point)],
+        extra_groups=os.getgrouplist("cvmfs", user.pw_gid), check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def test_reconcile_reports_fuse_mounts_it_does_not_know_and_removes_its_own(
+    real_env: HepvolEnv, stratum0: Stratum0
+) -> None:
+    mounts = Path(real_env.config.mount_root)
+    bare, stray = mounts / "bare", mounts / "stray"
+    _bare_cvmfs2(real_env, bare)
+    spec, _ = specs(stratum0)["tag"]
+    made = mounts / spec.key
+    Backends(real_env.config).named("cvmfs2").mount(spec, str(made))  # no ledger row
+    stray.mkdir()
+    subprocess.run(["mount", "--move", str(made), str(stray)], check=True)
+    assert MountTable().at(str(stray)).source == f"hepvol:{spec.key}"  # type: ignore[union-attr]
+
+    report = real_env.manager().reconcile()
+    assert report.foreign == [str(bare)], "reported, not touched: it is not hepvol's"
+    assert report.unmounted == [str(stray)], "hepvol's naming: removed with its client"
+    assert MountTable().at(str(bare)) is not None and MountTable().at(str(stray)) is None
+    assert client_pids(stray) == [] and client_pids(bare) != []
+    for pid in client_pids(bare):
+        os.kill(pid, signal.SIGKILL)
