@@ -44,12 +44,18 @@ def run_client(
     """Run a client command to completion within ``timeout`` seconds.
 
     A client that leaves a FUSE server behind is started in ``server_cgroups``;
-    ``groups`` are its supplementary groups (those of the user it drops to).
+    ``groups`` are its supplementary groups (those of the user it drops to), set
+    by ``setpriv`` in the child: subprocess' own ``extra_groups`` turns off vfork,
+    and a plain fork of a gRPC server's process runs gRPC's fork handlers, which
+    crash the child when other threads are in gRPC (cvmfs2 "exited" with SIGSEGV).
     """
     command = list(argv)
-    # Behind the cgroup wrapper a missing client would be the wrapper's failure.
-    if server_cgroups and not os.path.isfile(command[0]):
-        raise Unavailable(f"cannot mount {what}: {command[0]} is not installed")
+    if groups is not None:
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        command = [setpriv, "--groups=" + ",".join(map(str, groups)), "--", *command]
+    # Behind a wrapper (cgroups, setpriv) a missing client would be the wrapper's failure.
+    if (server_cgroups or groups is not None) and not os.path.isfile(argv[0]):
+        raise Unavailable(f"cannot mount {what}: {argv[0]} is not installed")
     try:
         return subprocess.run(
             cgroups.wrap(command, server_cgroups),
@@ -59,7 +65,6 @@ def run_client(
             timeout=timeout,
             check=False,
             close_fds=True,
-            extra_groups=groups,
         )
     except FileNotFoundError:
         raise Unavailable(f"cannot mount {what}: {argv[0]} is not installed") from None
