@@ -201,9 +201,17 @@ class Cvmfs2Backend(Backend):
     def _mount_system(self, spec: VolumeSpec, path: str) -> None:
         assert spec.repository is not None
         argv = [self.settings.mount_helper, spec.repository, path]
-        result = run_client(
-            argv, timeout=self.timeout, what=spec.source, server_cgroups=self.server_cgroups
-        )
+        # mount.cvmfs gives the mount point to the cvmfs user (grab_mountpoint); the
+        # directory below the mount is handed back to root, or the next remount
+        # would find a mount point others can write.
+        below = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            result = run_client(
+                argv, timeout=self.timeout, what=spec.source, server_cgroups=self.server_cgroups
+            )
+            os.fchown(below, 0, 0)
+        finally:
+            os.close(below)
         if result.returncode != 0:
             hint = _ALREADY_MOUNTED_HINT if "already mounted" in result.stderr else ""
             raise self._refuse(spec, result, hint, CVMFS_EXIT_CODES)
