@@ -1,7 +1,7 @@
-"""``hepvol docker-plugin``: the Docker volume plugin daemon of one driver.
+"""The options of ``hepvol docker-plugin`` and the :class:`Settings` they make.
 
 Imported by the CLI to build its parser, so Flask, gunicorn and the ``docker``
-package are only imported inside :func:`run` and :func:`collect_garbage`.
+package are never imported here. The daemon itself is :mod:`hepvol.docker`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Any
 
-from mount_core.config import Config
+from docker_plugin.settings import PLUGIN_DIR, Settings
 from mount_core.errors import ConfigError
 
 _DRIVER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -29,32 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default $DOCKER_HOST, else unix:///var/run/docker.sock)")  # fmt: skip
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
-    from docker_plugin.serve import exec_lean
-    from docker_plugin.settings import PLUGIN_DIR, Settings
-    from mount_core.manager import check_private_dir
-
+def settings(args: argparse.Namespace) -> Settings:
+    """The daemon's settings from the parsed options; one line naming the option if wrong."""
     name = args.name or args.driver
     if not _DRIVER_NAME.match(name):
         raise ConfigError(f"driver name {name!r}: use 1-63 of a-z 0-9 . _ - (e.g. cvmfs)")
     if args.threads < 1:
         raise ConfigError("--threads must be at least 1")
-    # Here, for a one-line error: in the gunicorn worker it is a traceback and exit 3.
-    check_private_dir(config.state_dir)
-    socket_path = os.path.abspath(args.socket or os.path.join(PLUGIN_DIR, f"{name}.sock"))
-    settings = Settings(
+    return Settings(
         driver=name,
         backend=args.driver,
-        socket_path=socket_path,
+        socket_path=os.path.abspath(args.socket or os.path.join(PLUGIN_DIR, f"{name}.sock")),
         threads=args.threads,
         docker_host=args.docker_host,
     )
-    exec_lean(config, settings)
-    return 0  # not reached: exec_lean replaces this process
-
-
-def collect_garbage(manager: Any) -> dict[str, Any]:
-    """``hepvol gc``: drop Docker consumers no container can hold ($DOCKER_HOST engine)."""
-    from docker_plugin.stale import drop_stale
-
-    return drop_stale(manager, os.environ.get("DOCKER_HOST")).as_dict()

@@ -1,8 +1,8 @@
 """The Docker plugin in ``make run``: start it on a configuration, show ``docker run -v``.
 
-:func:`start` runs the plugin daemon (the same lean gunicorn process as ``hepvol
-docker-plugin``) for a :class:`~mount_core.config.Config` built in memory, such as
-the demo's. :func:`show_docker_run` then, when a Docker engine answers, imports a
+:func:`start` runs ``hepvol docker-plugin`` on the world of a
+:class:`~mount_core.config.Config` such as the demo's (its directories given as
+flags, as the CSI part does). :func:`show_docker_run` then, when a Docker engine answers, imports a
 tiny busybox image (no registry needed) and reads a file of a repository through
 ``docker run -v REPO:/cvmfs/REPO --volume-driver DRIVER``.
 """
@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from docker_plugin.settings import HANDOVER, PLUGIN_DIR, Settings, handover
+from docker_plugin.settings import PLUGIN_DIR
 from mount_core.config import Config
 from mount_core.errors import MountFailed
 
@@ -35,19 +35,19 @@ def _answers(path: str) -> bool:
 
 def start(config: Config, driver: str = "cvmfs", timeout: float = 30) -> subprocess.Popen[bytes]:
     """Start the plugin serving ``driver`` (a CVMFS driver) and wait until it answers."""
-    settings = Settings(
-        driver=driver, backend="cvmfs", socket_path=os.path.join(PLUGIN_DIR, f"{driver}.sock")
-    )
-    env = dict(os.environ, **{HANDOVER: handover(config, settings)})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "docker_plugin.serve"],
-        env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    socket_path = os.path.join(PLUGIN_DIR, f"{driver}.sock")
+    command = [
+        sys.executable, "-m", "hepvol", "--log-level", config.log_level,
+        "--state-dir", config.state_dir, "--mount-root", config.mount_root,
+        "--local-root", config.local.root, "--target-root", config.target_roots[0],
+        "docker-plugin", "--driver", "cvmfs", "--name", driver, "--socket", socket_path,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while not _answers(settings.socket_path):
+    while not _answers(socket_path):
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
-            raise MountFailed(f"the Docker plugin did not start on {settings.socket_path}")
+            raise MountFailed(f"the Docker plugin did not start on {socket_path}")
         time.sleep(0.1)
     return process
 

@@ -1,6 +1,6 @@
 """How one plugin daemon runs, and how its settings reach a fresh interpreter.
 
-The daemon re-executes itself as a lean process (see :func:`docker_plugin.serve.exec_lean`)
+The daemon re-executes itself as a lean process (see :func:`hepvol.docker.exec_lean`)
 and runs the stale-consumer check in a short-lived child; both get the configuration
 and these settings as one JSON blob in the environment.
 """
@@ -28,6 +28,16 @@ class Settings:
     threads: int = 16
     docker_host: str | None = None
     engine_wait_seconds: float = 600.0
+    metrics_port: int = 0
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts
+
+
+def prepare_socket_dir(path: str) -> None:
+    """Create the socket's directory (0755: dockerd lists the plugin directory)."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if os.path.normpath(directory) == PLUGIN_DIR:
+        os.chmod(directory, 0o755)  # noqa: S103 - the protocol wants it world-listable
 
 
 def handover(config: Config, settings: Settings) -> str:

@@ -20,10 +20,10 @@ from mount_core.errors import HepvolError
 #: ``run(args, config) -> int``.
 FRONTS: list[tuple[str, str, str]] = [
     ("demo", "hepvol.demo", "serve a sample repository through the core and show it"),
-    ("csi", "csi_driver.server", "Kubernetes CSI driver (Identity, Node, Controller) on a socket"),
+    ("csi", "hepvol.csi", "Kubernetes CSI driver (Identity, Node, Controller) on a socket"),
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
     ("watch", "hepvol.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
-    ("docker-plugin", "docker_plugin.command", "Docker volume plugin daemon (cvmfs or eos)"),
+    ("docker-plugin", "hepvol.docker", "Docker volume plugin daemon (cvmfs or eos)"),
     ("install", "hepvol.install", "set up a Docker host: systemd units, config, state dirs"),
     ("uninstall", "hepvol.install", "undo `hepvol install` (keeps config and state)"),
 ]
@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         handler_result: int = args.handler(args)
         return handler_result
     except HepvolError as exc:
-        print(f"hepvol: {exc}", file=sys.stderr)
+        text = str(exc)
+        # A message may name hepvol itself ("hepvol must run as root (...)").
+        print(text if text.startswith("hepvol ") else f"hepvol: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import threading
 from dataclasses import replace
 
+from hepvol.daemon import stop_event
 from hepvol.status import as_table
 from mount_core import logs
 from mount_core.config import Config, LocalConfig
@@ -64,13 +63,6 @@ def demo_config(config: Config, workdir: str) -> Config:
         target_roots=(os.path.join(workdir, "targets"),),
         local=LocalConfig(root=os.path.join(workdir, "repositories")),
     ).validate()
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
 
 
 def _show_core(manager: MountManager, target: str) -> None:
@@ -137,7 +129,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(as_table(manager.status()), flush=True)
         if not args.once:
             print("\nServing until Ctrl-C …", flush=True)
-            _wait_for_signal()
+            stop_event().wait()
     left = list(MountTable().under(workdir))
     print("cleaned up: " + ("nothing left mounted" if not left else f"{len(left)} mounts left!"))
     return 0 if ok and not left else 1

@@ -220,6 +220,7 @@ class Plugin:
     driver: str
     backend: str
     process: subprocess.Popen[bytes] | None = None
+    options: tuple[str, ...] = ()
 
     @property
     def socket(self) -> Path:
@@ -235,7 +236,7 @@ class Plugin:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hepvol", "docker-plugin", "--driver",
-                 self.backend, "--name", self.driver],
+                 self.backend, "--name", self.driver, *self.options],
                 env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=REPO, start_new_session=True,
             )  # fmt: skip
@@ -300,14 +301,18 @@ class Plugin:
 
 
 def make_plugin(
-    hepvol_env: HepvolEnv, engine: Dockerd, backend: str = "cvmfs", idle: float = 0.0
+    hepvol_env: HepvolEnv,
+    engine: Dockerd,
+    backend: str = "cvmfs",
+    idle: float = 0.0,
+    options: tuple[str, ...] = (),
 ) -> Iterator[Plugin]:
     """Start a plugin for a test; the generator's finalizer cleans up everything."""
     if idle:
         hepvol_env.config = replace(hepvol_env.config, idle_unmount_seconds=idle)
         write_config(hepvol_env.workdir, hepvol_env.config)
     driver = f"hepvoltest{os.getpid()}x{next(_names)}"
-    plugin = Plugin(hepvol_env, engine, driver, backend)
+    plugin = Plugin(hepvol_env, engine, driver, backend, options=options)
     try:
         plugin.start()
         yield plugin

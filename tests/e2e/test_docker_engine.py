@@ -255,7 +255,7 @@ def test_socket_is_root_only_and_a_live_one_is_never_taken_over(plugin: Plugin) 
         env=plugin.env.environ(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert second.returncode != 0
-    assert f"another plugin is serving {plugin.socket}" in second.stderr
+    assert f"--socket {plugin.socket}: another process (pid" in second.stderr
     assert plugin.answers(), "the first plugin still serves"
 
 

@@ -178,7 +178,8 @@ def test_a_second_server_does_not_steal_a_live_socket(controller: CsiProcess) ->
     result = hepvol_cli(controller.env, "csi", "--mode", "controller", "--endpoint",
                         controller.endpoint)  # fmt: skip
     assert result.returncode == 2
-    assert "another process is serving" in result.stderr
+    assert f"{controller.endpoint[len('unix://') :]}: another process (pid" in result.stderr
+    assert "is serving it; stop it first" in result.stderr
     assert controller.client.identity.Probe(csi_pb2.ProbeRequest()).ready.value
 
 
