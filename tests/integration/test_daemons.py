@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mount_core.consumer import Consumer
+from mount_core.locks import LockDir
 from mount_core.spec import VolumeSpec
 from tests.conftest import REPO, SAMPLE, HepvolEnv, hepvol_cli, wait_for, write_config
 from tests.e2e.dockerd import Dockerd, make_plugin
@@ -40,7 +41,7 @@ def test_docker_plugin_repairs_a_killed_server_even_when_its_start_up_reconcile_
     plugins = make_plugin(hepvol_env, Dockerd(tmp_path / "no-engine"))
     try:
         # A hung operation holds the volume's lock: the start-up reconcile gives up.
-        with manager.locked(row.key):
+        with LockDir(hepvol_env.config.state_dir).hold(row.key, 60):
             plugin = next(plugins)
             failed = lambda: any(  # noqa: E731
                 e["msg"].startswith("start-up reconcile failed") for e in _events(plugin.log)
