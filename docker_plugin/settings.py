@@ -25,7 +25,9 @@ class Settings:
     driver: str
     backend: str
     socket_path: str
-    threads: int = 16
+    #: Worker processes, each with a pool of ``threads`` threads.
+    workers: int = 2
+    threads: int = 8
     docker_host: str | None = None
     engine_wait_seconds: float = 600.0
     metrics_port: int = 0

@@ -1,6 +1,6 @@
 """Fuzzing the Docker plugin daemon through its Unix socket, as dockerd talks to it.
 
-A real ``hepvol docker-plugin`` (gunicorn, one worker) serves a private world;
+A real ``hepvol docker-plugin`` (gunicorn master and workers) serves a private world;
 hypothesis posts random, malformed and hostile bodies to every endpoint. After
 each case the daemon must still answer, every reply must be the protocol's JSON
 (a failure: HTTP 500 with a non-empty, readable ``Err``), hostile names must be
