@@ -77,7 +77,7 @@ test: setup lint tools cvmfs-client
 	CSI_SANITY=$(TOOLS)/bin/csi-sanity unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
 	unshare --mount --propagation private -- $(PY) -m bench --quick
 
-bench: setup
+bench: setup cvmfs-client
 	unshare --mount --propagation private -- $(PY) -m bench
 
 go: $(GO_ROOT)/.done
