@@ -61,12 +61,18 @@ class RelayServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a dead daemon's socket file
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound and listening under a temporary name first: a launcher that finds
+        # the socket at its path is never refused in between.
+        temporary = f"{self.path}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         umask = os.umask(0o177)
         try:
-            sock.bind(self.path)
+            sock.bind(temporary)
         finally:
             os.umask(umask)
         sock.listen(64)
+        os.rename(temporary, self.path)
         self.sock = sock
         threading.Thread(target=self._accept, name="hepvol-flex-relay", daemon=True).start()
         event(log, "serving FlexVolume calls", volume=None, socket=self.path)
@@ -77,7 +83,7 @@ class RelayServer:
             return
         # Unlink first: a launcher arriving now finds no socket and works alone.
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.sock.getsockname())
+            os.unlink(self.path or "")
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
