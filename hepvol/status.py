@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hepvol.namespaces import NamespaceCheck
+from mount_core.consumer import stale_message
 from mount_core.status import BackingStatus
 
 
@@ -41,6 +42,8 @@ def as_table(statuses: list[BackingStatus], namespace: NamespaceCheck | None = N
             extra = _pod(c.info)
             mode = "ro" if c.readonly else "rw"
             lines.append(f"  - {c.id:<60} {mode} {where}{extra}")
+            if c.stale:
+                lines.append(f"    ! stale: {stale_message(c.kind)}")
     return "\n".join(lines)
 
 

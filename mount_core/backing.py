@@ -134,7 +134,8 @@ class BackingService:
         if entry is not None and os.path.basename(path) == spec.key:
             event(log, "adopting existing backing mount", volume=spec.key, path=path)
         else:
-            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTING)
+            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTING,
+                                    boot_id=self.kernel.boot_id())  # fmt: skip
             try:
                 rootdirs.mount_point(path)
                 backend.mount(spec, path)
@@ -144,6 +145,9 @@ class BackingService:
                     self._remove_mount_dir(path)
                 raise
             event(log, "mounted", volume=spec.key, backend=backend.name, path=path)
+            if row is not None:
+                # It replaces one that died (a repair that failed to remount).
+                self.ledger.new_generation(spec.key, self.kernel.boot_id())
         self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTED)
         if row is not None and self.ledger.count(spec.key):
             # Mounted again after a repair failed: its targets still hold the dead mount.
@@ -184,7 +188,8 @@ class BackingService:
         rootdirs.mount_point(row.path)
         backend.mount(backend.revive(row.spec, row.key), row.path)
         self.ledger.put_backing(row.key, row.backend, row.spec, row.path, MOUNTED)
-        event(log, "remounted", volume=row.key, path=row.path)
+        generation = self.ledger.new_generation(row.key, self.kernel.boot_id())
+        event(log, "remounted", volume=row.key, path=row.path, generation=generation)
 
     def probe(self, row: BackingRow, table: MountTable) -> ProbeResult:
         """Probe a backing mount within the probe timeout; a missing one is dead."""

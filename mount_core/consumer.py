@@ -8,6 +8,23 @@ from typing import Any
 from mount_core.errors import InvalidSpec
 
 KINDS = ("docker", "csi", "flex", "cli")
+#: Consumers whose container runtime gives each container its own copy of the bind
+#: (of the target, or of the backing path for Docker): a repair never reaches it.
+CONTAINER_KINDS = ("docker", "csi", "flex")
+
+
+def stale(kind: str, generation: int, backing_generation: int) -> bool:
+    """True when a consumer's container still holds a backing mount since replaced."""
+    return kind in CONTAINER_KINDS and generation < backing_generation
+
+
+def stale_message(kind: str) -> str:
+    """What a stale consumer's volume condition says: what happened and what to do."""
+    restart = "restart the container" if kind == "docker" else "restart the pod"
+    return (
+        "the volume's FUSE server died and was replaced after this consumer started; "
+        f"its container still holds the dead mount (I/O errors): {restart}"
+    )
 
 
 @dataclass(frozen=True)

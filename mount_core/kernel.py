@@ -20,6 +20,14 @@ class Kernel:
         #: Shared by every probe of this process: one in flight per path.
         self.prober = Prober(probe_timeout)
 
+    def boot_id(self) -> str:
+        """This boot's id: a mount recorded under another one did not survive."""
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as handle:
+                return handle.read().strip()
+        except OSError:
+            return ""
+
     def mount_table(self) -> MountTable:
         """A fresh snapshot of this process's mount table."""
         return MountTable()

@@ -10,6 +10,13 @@ rows — it is never stored, so it cannot drift.
 Consumer rows carry a state that records intent before the kernel is touched:
 ``binding`` (row written, bind not yet confirmed) → ``active``; ``releasing``
 (unmount under way). ``reconcile`` finishes whatever a crash interrupted.
+
+Generations: a backing mount's grows each time a dead one is replaced; a
+consumer records the generation it was given. A container runtime gives each
+container its own copy of a bind, which a repair cannot reach, so a consumer of
+an older generation than its backing mount is *stale*: it still sees the dead
+mount. A remount after a reboot (``boot_id`` changed) carries the consumers
+along: nothing survived the reboot that could hold the old mount.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 from mount_core.errors import Busy, Conflict, StateError
 from mount_core.locks import flock_until
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -68,6 +75,11 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (front, name)
     );
     """,
+    2: """
+    ALTER TABLE backing_mounts ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE backing_mounts ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE consumers ADD COLUMN generation INTEGER NOT NULL DEFAULT 1
+    """,
 }
 
 
@@ -83,6 +95,8 @@ class BackingRow:
     condition: str
     message: str
     checked_at: float | None
+    generation: int = 1
+    boot_id: str = ""
 
 
 @dataclass
@@ -98,6 +112,7 @@ class ConsumerRow:
     created_target: bool
     info: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
+    generation: int = 1
 
 
 @dataclass
@@ -212,15 +227,43 @@ class Ledger:
         return [_backing(r) for r in self._query("SELECT * FROM backing_mounts ORDER BY key")]
 
     def put_backing(
-        self, key: str, backend: str, spec: dict[str, Any], path: str, state: str
+        self,
+        key: str,
+        backend: str,
+        spec: dict[str, Any],
+        path: str,
+        state: str,
+        boot_id: str = "",
     ) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO backing_mounts (key, backend, spec, path, state, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET backend=excluded.backend,"
-                " spec=excluded.spec, path=excluded.path, state=excluded.state, idle_since=NULL",
-                (key, backend, json.dumps(spec, sort_keys=True), path, state, time.time()),
+                "INSERT INTO backing_mounts (key, backend, spec, path, state, created_at, boot_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "backend=excluded.backend, spec=excluded.spec, path=excluded.path, "
+                "state=excluded.state, idle_since=NULL",
+                (key, backend, json.dumps(spec, sort_keys=True), path, state, time.time(), boot_id),
             )
+
+    def new_generation(self, key: str, boot_id: str) -> int:
+        """A backing mount was replaced: the next generation (returned) starts.
+
+        Its consumers keep theirs, and are stale from now on, unless the old mount
+        belonged to another boot (then nobody can hold it, and they move along).
+        """
+        with self.transaction() as db:
+            old = db.execute(
+                "SELECT generation, boot_id FROM backing_mounts WHERE key = ?", (key,)
+            ).fetchone()
+            if old is None:
+                return 0
+            generation = int(old["generation"]) + 1
+            db.execute(
+                "UPDATE backing_mounts SET generation = ?, boot_id = ? WHERE key = ?",
+                (generation, boot_id, key),
+            )
+            if old["boot_id"] != boot_id:
+                db.execute("UPDATE consumers SET generation = ? WHERE key = ?", (generation, key))
+            return generation
 
     def set_backing_state(self, key: str, state: str) -> None:
         with self.transaction() as db:
@@ -267,7 +310,8 @@ class Ledger:
             try:
                 cursor = db.execute(
                     "INSERT INTO consumers (key, consumer, kind, target, subpath, readonly, state,"
-                    " created_target, info, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_target, info, created_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?,"
+                    " ?, ?, ?, (SELECT generation FROM backing_mounts WHERE key = ?))",
                     (
                         key,
                         consumer,
@@ -279,6 +323,7 @@ class Ledger:
                         int(created_target),
                         json.dumps(info or {}, sort_keys=True),
                         time.time(),
+                        key,
                     ),
                 )
             except sqlite3.IntegrityError:

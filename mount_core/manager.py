@@ -23,7 +23,7 @@ from mount_core import rootdirs, targets
 from mount_core.backends import Backends
 from mount_core.backing import ACTIVE, BackingService, serving_path
 from mount_core.config import Config
-from mount_core.consumer import Consumer
+from mount_core.consumer import Consumer, stale, stale_message
 from mount_core.errors import Conflict, HepvolError, MountFailed, NotFound
 from mount_core.kernel import Kernel
 from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions answer
@@ -286,6 +286,9 @@ class MountManager:
     def stats(self, target: str) -> VolumeStats:
         """Condition and usage of the volume published at ``target``, never blocking.
 
+        A consumer published before its backing mount was replaced is ``stale``
+        (abnormal): its container still holds the dead mount.
+
         The usage comes from one bounded probe of the backing mount (shared with the
         health loop: a hung server costs one parked thread, not one per caller).
         """
@@ -298,6 +301,9 @@ class MountManager:
         if condition == Condition.HEALTHY:
             probe = self.service.kernel.probe(backing.path)
             condition, message, usage = probe.condition, probe.message, probe.usage
+        if condition == Condition.HEALTHY and stale(row.kind, row.generation, backing.generation):
+            # The host's target was re-bound to the new mount; the pod's copy was not.
+            condition, message = Condition.STALE, stale_message(row.kind)
         return VolumeStats(condition, message, usage, row.readonly)
 
     def gc_idle(self, now: float | None = None) -> list[str]:

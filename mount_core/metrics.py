@@ -8,6 +8,7 @@ process's own. Imported only by daemons: FlexVolume calls stay lean.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mount_core.consumer import CONTAINER_KINDS
 from mount_core.ledger import Ledger
 from mount_core.status import collect
 
@@ -50,19 +52,29 @@ class LedgerCollector(Collector):
             labels=["backend", "condition"],
         )  # fmt: skip
         consumers = GaugeMetricFamily("hepvol_consumers", "Consumers by kind", labels=["kind"])
-        mount_counts: dict[tuple[str, str], int] = {}
-        consumer_counts: dict[str, int] = {}
+        stale = GaugeMetricFamily(
+            "hepvol_stale_consumers",
+            "Consumers whose container still holds a backing mount since replaced "
+            "(a repair cannot reach it: restart the pod or container)",
+            labels=["kind"],
+        )
+        mount_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        consumer_counts: collections.Counter[str] = collections.Counter()
+        stale_counts = collections.Counter(dict.fromkeys(CONTAINER_KINDS, 0))
         for status in collect(self.ledger):
-            key = (status.backend, status.condition)
-            mount_counts[key] = mount_counts.get(key, 0) + 1
+            mount_counts[(status.backend, status.condition)] += 1
             for consumer in status.consumers:
-                consumer_counts[consumer.kind] = consumer_counts.get(consumer.kind, 0) + 1
+                consumer_counts[consumer.kind] += 1
+                stale_counts[consumer.kind] += consumer.stale
         for (backend, condition), count in sorted(mount_counts.items()):
             mounts.add_metric([backend, condition], count)
         for kind, count in sorted(consumer_counts.items()):
             consumers.add_metric([kind], count)
+        for kind, count in sorted(stale_counts.items()):
+            stale.add_metric([kind], count)
         yield mounts
         yield consumers
+        yield stale
 
 
 def register(manager: MountManager, registry: CollectorRegistry = REGISTRY) -> None:

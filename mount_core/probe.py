@@ -26,6 +26,8 @@ class Condition(StrEnum):
     HEALTHY = "healthy"
     REPAIRING = "repairing"
     FAILED = "failed"
+    #: A consumer (not a backing mount) that still holds a mount since replaced.
+    STALE = "stale"
 
 
 #: errnos after which remounting helps (the server is gone, not just slow).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mount_core.consumer import stale
 from mount_core.ledger import Ledger
 from mount_core.mountinfo import MountTable
 from mount_core.probe import Condition
@@ -24,6 +25,9 @@ class ConsumerStatus:
     readonly: bool
     state: str
     info: dict[str, Any] = field(default_factory=dict)
+    generation: int = 1
+    #: Its container still holds a backing mount since replaced (restart it).
+    stale: bool = False
 
 
 @dataclass
@@ -38,6 +42,7 @@ class BackingStatus:
     message: str
     idle_since: float | None
     consumers: list[ConsumerStatus]
+    generation: int = 1
 
 
 def _source(spec: dict[str, Any]) -> str:
@@ -53,13 +58,24 @@ def _source(spec: dict[str, Any]) -> str:
 def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStatus]:
     """The status of every backing mount in the ledger."""
     table = MountTable() if table is None else table
+    backings = ledger.backings()
+    generations = {row.key: row.generation for row in backings}
     by_key: dict[str, list[ConsumerStatus]] = {}
     for c in ledger.consumers():
         by_key.setdefault(c.key, []).append(
-            ConsumerStatus(c.consumer, c.kind, c.target, c.readonly, c.state, c.info)
+            ConsumerStatus(
+                c.consumer,
+                c.kind,
+                c.target,
+                c.readonly,
+                c.state,
+                c.info,
+                c.generation,
+                stale(c.kind, c.generation, generations.get(c.key, c.generation)),
+            )
         )
     result = []
-    for row in ledger.backings():
+    for row in backings:
         mounted = table.at(row.path) is not None
         condition, message = row.condition, row.message
         # While the health loop repairs a volume it is briefly unmounted: say why.
@@ -77,6 +93,7 @@ def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStat
                 message=message,
                 idle_since=row.idle_since,
                 consumers=by_key.get(row.key, []),
+                generation=row.generation,
             )
         )
     return result

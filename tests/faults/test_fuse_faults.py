@@ -86,9 +86,12 @@ def test_killed_fuse_server_is_reported_and_repaired_by_the_daemon(
         while time.monotonic() - killed < REPAIR_BOUND + 5:
             stats = csi.client.stats("vol-1", str(published), timeout=5)
             condition = stats.volume_condition
-            if condition.abnormal:
+            # Repaired: the pod published before the repair is told to restart.
+            repaired_message = condition.message.startswith("stale: ")
+            if condition.abnormal and not repaired_message:
                 abnormal.append(condition.message)
             elif abnormal and readable(str(published)) is None:
+                assert repaired_message and "restart the pod" in condition.message
                 break
             time.sleep(0.02)
         repaired = time.monotonic() - killed
