@@ -81,3 +81,24 @@ def test_a_remount_after_a_reboot_leaves_nobody_stale(
     assert world.manager().status()[0].generation == 2
     assert _stale(world) == {f"csi:{target}": False}
     assert not manager.stats(target).abnormal
+
+
+def test_a_ledger_of_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mount_core.ledger import _MIGRATIONS, Ledger
+
+    path = str(tmp_path / "ledger.db")
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[1] + ";PRAGMA user_version=1;")
+    db.execute("INSERT INTO backing_mounts (key, backend, spec, path, state, created_at) "
+               "VALUES ('k', 'local', '{}', '/m/k', 'mounted', 0)")  # fmt: skip
+    db.execute("INSERT INTO consumers (key, consumer, kind, readonly, state, created_at) "
+               "VALUES ('k', 'docker:1', 'docker', 1, 'active', 0)")  # fmt: skip
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    [backing], [consumer] = ledger.backings(), ledger.consumers()
+    assert (backing.generation, consumer.generation) == (1, 1)
+    assert ledger.new_generation("k", "this boot") == 2
+    assert ledger.consumers()[0].generation == 2, "no boot recorded: they move along"
