@@ -210,8 +210,12 @@ class Reconciler:
                 row = self.ledger.backing(key)
                 if row is None:
                     return False
-                self.ledger.set_condition(key, Condition.REPAIRING, reason)
-                self.restore(row, Report())
+                # Another daemon's loop may have repaired it while this one waited
+                # for the lock: only a mount that is still dead is repairing.
+                if self.service.probe(row, self.service.table()).dead:
+                    self.ledger.set_condition(key, Condition.REPAIRING, reason)
+                report = Report()
+                self.restore(row, report)
         except HepvolError as exc:
             self.ledger.set_condition(key, Condition.FAILED, f"repair failed: {exc}")
             event(log, f"repair failed: {exc}", volume=key, level=logging.ERROR)
@@ -220,5 +224,9 @@ class Reconciler:
             message = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
             self.ledger.set_condition(key, Condition.FAILED, f"repair failed: {message}")
             return False
-        event(log, "repaired", volume=key, reason=reason)
+        if not (report.remounted or report.rebound):
+            event(log, "nothing to repair (another process did)", volume=key, level=logging.DEBUG)
+            return True
+        event(log, "repaired", volume=key, reason=reason, remounted=bool(report.remounted),
+              rebound=len(report.rebound))  # fmt: skip
         return True
