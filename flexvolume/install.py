@@ -8,7 +8,7 @@ whole call otherwise. The script puts the directories holding hepvol and its
 site-packages on ``sys.path`` itself, so it works from a venv and under ``env -i``.
 
 kubelet watches the plugin directory and ignores dot-files, so each launcher is
-written as ``.tmp_NAME``, made executable and renamed over ``NAME``.
+written as ``.tmp_NAME.<random>``, made executable and renamed over ``NAME``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 
+from mount_core.atomicfile import write_atomically
 from mount_core.errors import ConfigError
 
 DEFAULT_PLUGIN_DIR = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec"
@@ -96,20 +97,8 @@ def launcher(
 
 
 def _write_atomically(path: str, text: str) -> None:
-    directory, name = os.path.split(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    temporary = os.path.join(directory, f".tmp_{name}")
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o755)  # noqa: S103 - kubelet executes it
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    write_atomically(path, text, 0o755, prefix=".tmp_")  # kubelet executes it
 
 
 def install(

@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from mount_core.atomicfile import write_atomically
 from mount_core.config import Config
 from mount_core.errors import ConfigError
 
@@ -136,11 +137,7 @@ def config_text(config: Config) -> str:
 
 def _write(path: str, text: str, mode: int) -> None:
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    temporary = f"{path}.hepvol-tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
+    write_atomically(path, text, mode)
 
 
 def _systemctl(*args: str) -> None:

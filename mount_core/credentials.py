@@ -9,11 +9,10 @@ digests, so a volume name never becomes a path.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 
+from mount_core.atomicfile import write_atomically
 from mount_core.errors import StateError
 from mount_core.spec import Credential
 
@@ -34,17 +33,7 @@ class CredentialStore:
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".new-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(credential.kind.encode() + b"\n" + credential.value)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomically(path, credential.kind.encode() + b"\n" + credential.value, 0o600)
         except OSError as exc:
             raise StateError(
                 f"cannot store a credential under {self.root}: {exc.strerror}"

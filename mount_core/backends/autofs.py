@@ -18,6 +18,7 @@ import threading
 import time
 
 from mount_core import bind
+from mount_core.atomicfile import write_atomically
 from mount_core.backends import cvmfs_automap
 from mount_core.backends.external import run_client
 from mount_core.errors import MountFailed, MountTimeout
@@ -63,8 +64,8 @@ class Automounter:
             with open(cvmfs_automap.__file__, encoding="utf-8") as handle:
                 body = handle.read()
             # The interpreter that has mount_core installed runs the map.
-            _write(self.map, f"#!{sys.executable} -I\n{body}", 0o755)
-        _write(
+            write_atomically(self.map, f"#!{sys.executable} -I\n{body}", 0o755)
+        write_atomically(
             self.master, f"{self.root} program:{self.map} --timeout={self.idle_timeout}\n", 0o644
         )
 
@@ -160,12 +161,3 @@ class Automounter:
                 "automount's log: journalctl -u autofs or syslog)"
             )
         return path
-
-
-def _write(path: str, text: str, mode: int) -> None:
-    tmp = f"{path}.new"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

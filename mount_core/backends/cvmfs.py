@@ -40,6 +40,7 @@ import stat
 import subprocess
 
 from mount_core import bind, targets
+from mount_core.atomicfile import write_atomically
 from mount_core.backends import cvmfs_client
 from mount_core.backends.autofs import Automounter
 from mount_core.backends.base import Backend
@@ -227,11 +228,7 @@ class Cvmfs2Backend(Backend):
         directory = self._make_private_dir(spec.key, user)
         cache, sockets = os.path.join(directory, "cache"), os.path.join(directory, "run")
         text = render(spec, site, self.settings.config_dir, cache, sockets)
-        fd = os.open(config_file + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o644)  # fmt: skip
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(config_file + ".new", config_file)
+        write_atomically(config_file, text, 0o644)
         options = cvmfs_client.mount_options(config_file, spec.key, user)
         argv = [self.settings.cvmfs2, "-o", options, spec.repository, path]
         result = run_client(argv, timeout=self.timeout, what=spec.source,

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 
+from mount_core.atomicfile import write_atomically
 from mount_core.backends.base import Backend
 from mount_core.backends.eos_config import (
     CREDENTIAL_AUTH,
@@ -124,10 +125,7 @@ class EosxdBackend(Backend):
         os.makedirs(cache, mode=0o700, exist_ok=True)
         target = self.config_file(key)
         text = render(instance, self.fsname(key), path, cache, credential)
-        fd = os.open(target + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(target + ".new", target)
+        write_atomically(target, text, 0o644)
 
     def _write_credential(self, key: str, credential: Credential) -> str:
         """Write the credential 0600 (owner root, no group/other bits: eosxd insists)."""
@@ -136,20 +134,7 @@ class EosxdBackend(Backend):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         path = self.credential_file(key, credential.kind)
-        tmp = path + ".new"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            os.fchown(fd, 0, 0)
-            os.fchmod(fd, 0o600)
-            os.write(fd, credential.value)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomically(path, credential.value, 0o600, owner=(0, 0))
         return path
 
     def _forget(self, key: str) -> None:

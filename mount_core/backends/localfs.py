@@ -22,6 +22,8 @@ from typing import Any
 import pyfuse3
 import trio
 
+from mount_core.atomicfile import write_atomically
+
 _TIMEOUT = 10.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -243,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.pidfile:
         try:
-            with open(args.pidfile + ".tmp", "w") as handle:
-                handle.write(f"{os.getpid()}\n")
-            os.replace(args.pidfile + ".tmp", args.pidfile)
+            write_atomically(args.pidfile, f"{os.getpid()}\n", 0o644, sync=False)
         except OSError as exc:
             # Without a pidfile nobody could stop this server: take the mount down.
             pyfuse3.close(unmount=True)
