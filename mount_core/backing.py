@@ -93,7 +93,8 @@ class BackingService:
     def mounted(self, key: str) -> BackingRow | None:
         """The backing row of ``key`` when the ledger records it as mounted."""
         row = self.ledger.backing(key)
-        return row if row is not None and row.state == MOUNTED else None
+        # A row without its definition (rebuilt after the ledger was lost) goes through ensure().
+        return row if row is not None and row.state == MOUNTED and row.spec else None
 
     def live_entry(self, backend: str, path: str, table: MountTable) -> MountEntry | None:
         """The mount ``path`` really reaches when it is one ``backend`` made, mounted there.
@@ -118,6 +119,10 @@ class BackingService:
         unmounted behind our back) is mounted again, never bound from as it is.
         """
         row = self.ledger.backing(spec.key)
+        if row is not None and not row.spec:
+            # Rebuilt from the mount table after the ledger was lost: now its definition is known.
+            self.ledger.put_backing(row.key, row.backend, spec.to_public(), row.path, row.state)
+            row = self.ledger.backing(spec.key)
         if row is not None and row.state == MOUNTED:
             if self.is_ours(row, self.table()):
                 return row
@@ -182,6 +187,11 @@ class BackingService:
         never an empty directory.
         """
         backend = self.backends.named(row.backend)
+        if not row.spec:
+            raise MountFailed(
+                f"the definition of {row.key} was lost with the ledger, so it cannot be "
+                "mounted again; publishing the volume again records it"
+            )
         with contextlib.suppress(OSError):
             self.kernel.unmount(row.path, lazy=True)
         self.ledger.set_backing_state(row.key, MOUNTING)

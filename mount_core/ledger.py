@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -32,8 +33,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from mount_core import ledger_file
 from mount_core.errors import Busy, Conflict, StateError
-from mount_core.locks import flock_until
+from mount_core.ledger_file import RECOVERED as RECOVERED
+from mount_core.locks import flock_until, lock_file
+from mount_core.logs import event
+
+log = logging.getLogger("hepvol.ledger")
 
 SCHEMA_VERSION = 2
 
@@ -123,6 +129,11 @@ class VolumeRow:
     created_at: str
 
 
+def _fd_identity(fd: int) -> ledger_file.FileId:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def _backing(row: sqlite3.Row) -> BackingRow:
     data = dict(row)
     data["spec"] = json.loads(data["spec"])
@@ -144,18 +155,18 @@ class Ledger:
         self.path = path
         self._lock = threading.RLock()
         self._busy_timeout = busy_timeout
+        #: True when this process found no ledger and made a new one (see ledger_file).
+        self.created = False
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             # Writers of all processes queue on a lock file: SQLite's own busy handler
             # sleeps up to 100 ms between tries, which parallel FlexVolume calls feel.
             self._writers = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._db = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            if not os.path.exists(path):
+                with self._writers_locked():
+                    self.created = ledger_file.create_empty(path)
+            self._db = ledger_file.connect(path, busy_timeout)
+            self._file = ledger_file.identity(path)
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the ledger {path}: {exc}") from None
@@ -183,28 +194,52 @@ class Ledger:
                 db.execute(f"PRAGMA user_version={step}")
 
     @contextmanager
+    def _writers_locked(self) -> Iterator[None]:
+        """Hold the writers' lock of every process (its file replaced too: take the new one)."""
+        deadline = time.monotonic() + self._busy_timeout
+        flock_until(self._writers, fcntl.LOCK_EX, deadline, "the ledger")
+        if ledger_file.identity(self.path + ".lock") != _fd_identity(self._writers):
+            os.close(self._writers)
+            self._writers = lock_file(self.path + ".lock", fcntl.LOCK_EX, deadline, "the ledger")
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
+
+    def _follow_file(self) -> None:
+        """With the writers' lock: if ``ledger.db`` was deleted or replaced, recover."""
+        if ledger_file.identity(self.path) == self._file:
+            return
+        old = self._db
+        restored = ledger_file.identity(self.path) is None and ledger_file.restore(old, self.path)
+        new = ledger_file.connect(self.path, self._busy_timeout)
+        merged = None if restored else ledger_file.merge(old, new)
+        old.close()
+        self._db, self._file = new, ledger_file.identity(self.path)
+        how = "restored it from this process's open copy" if restored else (
+            f"merged this process's records into the new one ({dict(merged or {})})"
+        )  # fmt: skip
+        event(log, f"the ledger {self.path} was deleted or replaced while hepvol ran; {how}",
+              level=logging.ERROR)  # fmt: skip
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, taken up front (``BEGIN IMMEDIATE``) to avoid upgrade deadlocks."""
-        with self._lock:
-            flock_until(
-                self._writers, fcntl.LOCK_EX, time.monotonic() + self._busy_timeout, "the ledger"
-            )
+        with self._lock, self._writers_locked():
             try:
-                try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
-                    raise StateError(f"ledger {self.path} is unavailable: {exc}") from None
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    self._rollback()
-                    raise StateError(f"ledger {self.path}: {exc}; nothing was changed") from None
-                except BaseException:
-                    self._rollback()
-                    raise
-            finally:
-                fcntl.flock(self._writers, fcntl.LOCK_UN)
+                self._follow_file()
+                self._db.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, OSError) as exc:
+                raise StateError(f"ledger {self.path} is unavailable: {exc}") from None
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StateError(f"ledger {self.path}: {exc}; nothing was changed") from None
+            except BaseException:
+                self._rollback()
+                raise
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -212,6 +247,9 @@ class Ledger:
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
+            if ledger_file.identity(self.path) != self._file:
+                with self._writers_locked():
+                    self._follow_file()
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
@@ -337,6 +375,14 @@ class Ledger:
                 raise Conflict(f"{target} is already a target of {holder['consumer']}") from None
             assert cursor.lastrowid is not None
             return cursor.lastrowid
+
+    def claim_consumer(self, row_id: int, consumer: str, kind: str, info: dict[str, Any]) -> None:
+        """Give a consumer rebuilt from the mount table (kind ``recovered``) its real holder."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE consumers SET consumer = ?, kind = ?, info = ? WHERE id = ? AND kind = ?",
+                (consumer, kind, json.dumps(info, sort_keys=True), row_id, RECOVERED),
+            )
 
     def set_consumer_state(self, row_id: int, state: str) -> None:
         with self.transaction() as db:

@@ -26,8 +26,8 @@ from mount_core.config import Config
 from mount_core.consumer import Consumer, stale, stale_message
 from mount_core.errors import Conflict, HepvolError, MountFailed, NotFound
 from mount_core.kernel import Kernel
+from mount_core.ledger import RECOVERED, Ledger
 from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions answer
-from mount_core.ledger import Ledger
 from mount_core.logs import event
 from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
@@ -102,6 +102,11 @@ class MountManager:
         self.ledger = ledger or Ledger(config.ledger_path)
         self.backends = backends or Backends(config)
         self.service = BackingService(config, self.ledger, self.backends, kernel)
+        if self.ledger.created:
+            from mount_core.reconcile import Reconciler
+
+            # No ledger was there: if the kernel shows mounts of ours, it was lost.
+            Reconciler(self.service).rebuild()
         self.on_operation = on_operation or _ignore
 
     # Helpers ------------------------------------------------------------------
@@ -202,6 +207,10 @@ class MountManager:
         """Publish under the spec's and the target's locks; False when the backing mount
         must be made first (which needs the spec's lock exclusive)."""
         existing = self.ledger.consumer_at(target)
+        if existing is not None and existing.kind == RECOVERED and existing.key == spec.key:
+            # Rebuilt from the mount table after the ledger was lost: this is its holder.
+            self.ledger.claim_consumer(existing.id, consumer.id, consumer.kind, consumer.info)
+            existing = self.ledger.consumer_at(target)
         if existing is not None:
             same = (existing.key, existing.consumer, existing.subpath, existing.readonly)
             if same != (spec.key, consumer.id, spec.subpath, readonly):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from mount_core.backing import MOUNTED, RELEASING, BackingService
 from mount_core.errors import HepvolError, InvalidTarget
-from mount_core.ledger import BackingRow
+from mount_core.ledger import RECOVERED, BackingRow
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.probe import Condition
@@ -194,6 +194,60 @@ class Reconciler:
                 self.service.unbind(entry.mount_point)
             return True
         return False
+
+    # A lost ledger ------------------------------------------------------------------
+
+    def rebuild(self) -> Report:
+        """Record what the mount table shows of ours in a ledger that was lost.
+
+        Backing mounts under the mount root become rows (their definitions unknown
+        until a daemon that still knew them, or the next publish, fills them in), each
+        target bound from one becomes a ``recovered`` consumer that its real holder
+        claims by publishing again, and a backing mount without visible targets gets a
+        stand-in holder (Docker containers hold theirs where this process cannot see).
+        So nothing a live consumer uses is unmounted because the record forgot it.
+        """
+        report = Report()
+        table = self.service.table()
+        found = self._rebuild_backings(table, report)
+        for entry in table.entries:
+            backing = found.get(entry.device)
+            roots = self.service.config.target_roots
+            if backing is None or not any(_below(entry.mount_point, r) for r in roots):
+                continue
+            if self.ledger.consumer_at(entry.mount_point) is None:
+                subpath = os.path.relpath(entry.root, backing.root).removeprefix(".")
+                self.ledger.add_consumer(
+                    os.path.basename(backing.mount_point), f"{RECOVERED}:{entry.mount_point}",
+                    RECOVERED, target=entry.mount_point, subpath=subpath,
+                    readonly=entry.readonly,
+                )  # fmt: skip
+                report.adopted.append(entry.mount_point)
+        for backing in found.values():
+            key = os.path.basename(backing.mount_point)
+            if not self.ledger.count(key):
+                self.ledger.add_consumer(key, f"{RECOVERED}:{key}", RECOVERED)
+        if found:
+            event(log, "the ledger was lost while mounts of ours were up: rebuilt it from the "
+                  f"mount table ({len(found)} backing mounts, {len(report.adopted) - len(found)} "
+                  "targets); their volumes show as 'recovered' until published again",
+                  level=logging.ERROR)  # fmt: skip
+        return report
+
+    def _rebuild_backings(self, table: MountTable, report: Report) -> dict[str, MountEntry]:
+        """Rows for the backing mounts of ours under the mount root, by device."""
+        found = {}
+        root = os.path.normpath(self.service.config.mount_root)
+        for entry in table.entries:
+            owner = self.service.backends.owner_of(entry)
+            if owner is None or os.path.dirname(entry.mount_point) != root:
+                continue
+            key = os.path.basename(entry.mount_point)
+            if self.ledger.backing(key) is None:
+                self.ledger.put_backing(key, owner.name, {}, entry.mount_point, MOUNTED)
+                report.adopted.append(key)
+            found[entry.device] = entry
+        return found
 
     # Repair -------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ import errno
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -112,3 +114,61 @@ def test_removed_locks_dir_is_recreated_by_the_next_call(hepvol_env: HepvolEnv) 
     daemon.publish(SPEC, Consumer("csi", second), second)
     assert daemon.unpublish(first) and daemon.unpublish(second)
     assert list(MountTable().under(str(hepvol_env.workdir))) == []
+
+
+# One short-lived core process (a FlexVolume call): publish a pod's target, then unpublish it.
+FLEX_CALL = """
+import sys
+from mount_core.config import load
+from mount_core.consumer import Consumer
+from mount_core.manager import MountManager
+from mount_core.spec import VolumeSpec
+target = sys.argv[1]
+manager = MountManager(load())
+spec = VolumeSpec(backend="cvmfs", repository=sys.argv[2])
+manager.publish(spec, Consumer("flex", target), target)
+manager.unpublish(target)
+"""
+
+
+@pytest.mark.parametrize("first", ["a FlexVolume call", "the daemon"])
+@pytest.mark.parametrize("removed", [("",), ("", "-wal", "-shm")], ids=["db", "db-wal-shm"])
+def test_a_deleted_ledger_never_takes_mounts_from_live_consumers(
+    hepvol_env: HepvolEnv, first: str, removed: tuple[str, ...]
+) -> None:
+    """#14 item 6: ledger.db deleted while a daemon runs, then a FlexVolume call and a restart.
+
+    Whoever touches the ledger first: the daemon writes back its open copy; a new
+    process rebuilds it from the mount table and the daemon adds what it knew.
+    """
+    daemon = hepvol_env.manager()
+    live = [hepvol_env.targets / name for name in ("csi-a", "csi-b")]
+    for target in live:
+        daemon.publish(SPEC, Consumer("csi", str(target)), str(target))
+    for suffix in removed:
+        os.unlink(hepvol_env.config.ledger_path + suffix)
+    if first == "the daemon":
+        [status] = daemon.status()  # its health loop or any call notices at once
+        assert sorted(c.id for c in status.consumers) == sorted(f"csi:{t}" for t in live)
+        assert os.path.exists(hepvol_env.config.ledger_path)
+    pod = hepvol_env.targets / "flex-pod"
+    pod.mkdir()
+    call = subprocess.run([sys.executable, "-c", FLEX_CALL, str(pod), SAMPLE],
+                          env=hepvol_env.environ(), capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert call.returncode == 0, call.stderr
+    assert all((t / "README").read_text() == "sample trunk\n" for t in live), "mount taken away"
+    # What anyone asks now sees the live consumers, and a restart's reconcile keeps them.
+    restarted = hepvol_env.manager()
+    assert sorted(c.target or "" for s in restarted.status() for c in s.consumers) == sorted(
+        str(t) for t in live
+    )
+    restarted.reconcile()
+    assert all((t / "README").read_text() == "sample trunk\n" for t in live), "unbound at restart"
+    # The daemon that kept running goes on without a restart; the last one out unmounts.
+    assert daemon.unpublish(str(live[0]))
+    [status] = restarted.status()
+    assert [c.id for c in status.consumers] == [f"csi:{live[1]}"], "the daemon's records are back"
+    assert restarted.unpublish(str(live[1]))
+    assert list(MountTable().under(str(hepvol_env.workdir))) == []
+    assert hepvol_env.manager().status() == []

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -186,7 +187,7 @@ def test_reconcile_drops_consumers_whose_target_is_gone(hepvol_env: HepvolEnv) -
     assert_agreement(hepvol_env)
 
 
-def test_reconcile_unmounts_orphaned_backing_mounts_but_not_foreign_mounts(
+def test_reconcile_unmounts_orphaned_binds_but_not_foreign_mounts(
     hepvol_env: HepvolEnv,
 ) -> None:
     manager = hepvol_env.manager()
@@ -195,13 +196,40 @@ def test_reconcile_unmounts_orphaned_backing_mounts_but_not_foreign_mounts(
     foreign = hepvol_env.targets / "foreign"
     foreign.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(foreign)], check=True)
-    # Lose the ledger: everything of ours is now an orphan.
+    # A bind of ours that the ledger does not know (its consumer's row is gone).
+    orphan = hepvol_env.targets / "orphan"
+    orphan.mkdir()
+    backing = manager.backing_path(SPEC)
+    assert backing is not None
+    subprocess.run(["mount", "--bind", backing, str(orphan)], check=True)
+    report = hepvol_env.manager().reconcile()
+    assert report.unmounted == [str(orphan)]
+    remaining = sorted(e.mount_point for e in MountTable().under(str(hepvol_env.workdir)))
+    assert remaining == sorted([backing, target, str(foreign)])
+
+
+def test_a_lost_ledger_is_rebuilt_from_the_mount_table_not_taken_for_orphans(
+    hepvol_env: HepvolEnv,
+) -> None:
+    """Losing the ledger used to make every mount of ours an "orphan" for the next
+    start-up to unmount, live consumers or not (#14 item 6)."""
+    manager = hepvol_env.manager()
+    target = str(hepvol_env.targets / "pod")
+    manager.publish(SPEC, Consumer("csi", target), target)
     manager.ledger.close()
     for suffix in ("", "-wal", "-shm"):
         path = hepvol_env.config.ledger_path + suffix
         if os.path.exists(path):
             os.unlink(path)
-    report = hepvol_env.manager().reconcile()
-    assert len(report.unmounted) == 2
-    remaining = [e.mount_point for e in MountTable().under(str(hepvol_env.workdir))]
-    assert remaining == [str(foreign)], "only the foreign tmpfs is left"
+    restarted = hepvol_env.manager()
+    report = restarted.reconcile()
+    assert report.unmounted == [] and report.failed == {}
+    assert (Path(target) / "README").read_text() == "sample trunk\n"
+    [status] = restarted.status()
+    assert [(c.kind, c.target) for c in status.consumers] == [("recovered", target)]
+    # Its holder publishing again claims it (no second bind); unpublishing takes all down.
+    restarted.publish(SPEC, Consumer("csi", target), target)
+    assert [e.mount_point for e in MountTable().entries].count(target) == 1
+    assert [c.id for c in restarted.status()[0].consumers] == [f"csi:{target}"]
+    assert restarted.unpublish(target)
+    assert list(MountTable().under(str(hepvol_env.workdir))) == []
