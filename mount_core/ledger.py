@@ -247,12 +247,12 @@ class Ledger:
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            if ledger_file.identity(self.path) != self._file:
-                with self._writers_locked():
-                    self._follow_file()
             try:
+                if ledger_file.identity(self.path) != self._file:
+                    with self._writers_locked():
+                        self._follow_file()
                 return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise StateError(f"ledger {self.path}: {exc}") from None
 
     # Backing mounts -----------------------------------------------------------
