@@ -53,7 +53,10 @@ def _failure(exc: Exception, method: str, name: object) -> Response:
 
 def _body() -> dict[str, Any]:
     # The WSGI input directly: werkzeug's get_data() layers cost more than the call.
-    raw = request.environ["wsgi.input"].read()
+    try:
+        raw = request.environ["wsgi.input"].read()
+    except OSError:  # the client stopped sending (the connection's read timeout)
+        raise BadRequest("the request body did not arrive in time; connection dropped") from None
     if not raw.strip():
         return {}
     try:

@@ -23,9 +23,12 @@ a stale one (a live plugin's socket is never taken over).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hepvol.docker")
 
+#: Seconds a connection may take to send the rest of a request (or to read a reply)
+#: before it is dropped: dockerd sends a whole call at once.
+READ_TIMEOUT = 2.0
+
 
 class Background(Protocol):
     """The daemon's own work beside the app: reconcile, health loop, metrics."""
@@ -53,6 +60,53 @@ class Background(Protocol):
     def start(self, ready: threading.Event | None = None) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class _BoundedConnection(socket.socket):
+    """An accepted connection whose reads and writes give up after :data:`READ_TIMEOUT`.
+
+    The timeouts are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so gunicorn's
+    blocking reads keep working unchanged. A read that runs out shuts the read
+    side: the client is stuck, and gunicorn's graceful close, which lingers in
+    its main loop until the client closes, then finds end-of-file at once instead
+    of stalling every other connection.
+    """
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        try:
+            return super().recv(size, flags)
+        except BlockingIOError:
+            self._give_up()
+            raise ConnectionResetError(
+                errno.ECONNRESET, f"no data from the client within {READ_TIMEOUT:g} s"
+            ) from None
+
+    def _give_up(self) -> None:
+        with contextlib.suppress(OSError):
+            self.shutdown(socket.SHUT_RD)
+
+
+def limit_io(listener: Any) -> None:
+    """Make every connection accepted on ``listener`` a :class:`_BoundedConnection`.
+
+    A client that sends part of a request and then nothing (or never reads its
+    reply) held one of the worker's threads for as long as it stayed connected;
+    16 such clients wedged the plugin and dockerd with it. (Unix sockets do not
+    inherit socket timeouts from the listener: each accepted socket gets its own.)
+    """
+    seconds = int(READ_TIMEOUT)
+    value = struct.pack("ll", seconds, int((READ_TIMEOUT - seconds) * 1e6))
+    accept = listener.accept
+
+    def accept_bounded() -> tuple[socket.socket, Any]:
+        client, address = accept()
+        bounded = _BoundedConnection(client.family, client.type, client.proto,
+                                     fileno=client.detach())  # fmt: skip
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            bounded.setsockopt(socket.SOL_SOCKET, option, value)
+        return bounded, address
+
+    listener.accept = accept_bounded
 
 
 def _contact_engine_in_child(config: Config, settings: Settings) -> bool:
@@ -188,6 +242,8 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         self.lead = _take_lead(self.hepvol_config, self.settings.driver)
         event(log, "serving", driver=self.settings.driver, socket=self.settings.socket_path,
               pid=os.getpid(), lead=self.lead is not None)  # fmt: skip
+        for listener in worker.sockets:
+            limit_io(listener)
         if self.lead is None:
             reconciled = _run_file(self.hepvol_config, self.settings.driver, "reconciled")
             _await_reconciled(reconciled, self.ready)
