@@ -20,10 +20,12 @@ from docker_plugin.serve import READ_TIMEOUT
 from tests.e2e.dockerd import Plugin
 
 STUCK = 40
-THREADS = 16  # the plugin's default --threads
+#: Threads of one gunicorn worker (the defaults: 2 workers, 16 threads in all);
+#: in the worst case every stuck client lands on the same worker.
+WORKER_THREADS = 8
 #: Each stuck client holds a thread for READ_TIMEOUT at most, so a call made while
 #: they hold on waits at most for every thread to be stuck once per wave of them.
-BOUND = math.ceil(STUCK / THREADS) * READ_TIMEOUT + 5.0
+BOUND = math.ceil(STUCK / WORKER_THREADS) * READ_TIMEOUT + 5.0
 
 PARTIAL = {
     "body cut short": b"POST /VolumeDriver.List HTTP/1.1\r\nHost: plugin\r\n"
