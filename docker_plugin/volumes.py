@@ -18,6 +18,7 @@ from typing import Any
 
 from mount_core import volumes
 from mount_core.consumer import Consumer
+from mount_core.credentials import NamedCredentials, read_private_file
 from mount_core.errors import Busy, Conflict, InvalidSpec, NotFound
 from mount_core.manager import ConsumerRow, MountManager
 from mount_core.spec import CVMFS_OPTIONS, EOS_OPTIONS, Credential, VolumeSpec, from_docker_name
@@ -28,11 +29,20 @@ NAME_RULE = (
     "(CVMFS volumes are named repo, repo@tag or repo#hash)"
 )
 CREDENTIAL_TYPE = "credential-type"
+CREDENTIAL_FILE = "credential-file"
+CREDENTIAL_NAME = "credential-name"
+#: Refused: Docker shows every ``-o`` option in ``docker volume inspect`` and keeps it
+#: in its own metadata, so a secret is only ever given by reference.
 CREDENTIAL = "credential"
+BY_REFERENCE = (
+    "Docker shows and keeps every -o option, so a secret is never one: register it with "
+    "`hepvol credential add NAME --type KIND --file FILE` and give -o credential-name=NAME, "
+    "or give -o credential-type=KIND -o credential-file=PATH (a file only root can read)"
+)
 #: The ``-o`` options each backend accepts (the repository is the volume name).
 VALID_OPTIONS = {
     "cvmfs": tuple(o for o in CVMFS_OPTIONS if o != "repository"),
-    "eos": (*EOS_OPTIONS, CREDENTIAL_TYPE, CREDENTIAL),
+    "eos": (*EOS_OPTIONS, CREDENTIAL_TYPE, CREDENTIAL_FILE, CREDENTIAL_NAME),
 }
 
 
@@ -97,6 +107,8 @@ class DockerVolumes:
         options = dict(opts or {})
         valid = VALID_OPTIONS[self.backend]
         for key, value in options.items():
+            if key == CREDENTIAL and self.backend == "eos":
+                raise InvalidSpec("option", CREDENTIAL, BY_REFERENCE)
             if key not in valid and key != "repository":  # that one gets its own message
                 raise InvalidSpec("option", key, f"valid options are: {', '.join(valid)}")
             if not isinstance(value, str):
@@ -104,17 +116,35 @@ class DockerVolumes:
                 raise InvalidSpec(f"option {key}", shown, "must be a string")
         if self.backend == "cvmfs":
             return from_docker_name("cvmfs", name, options), False
-        kind, secret = options.pop(CREDENTIAL_TYPE, ""), options.pop(CREDENTIAL, "")
-        if bool(kind) != bool(secret):
-            raise InvalidSpec(
-                "option", CREDENTIAL if kind else CREDENTIAL_TYPE,
-                f"give both -o {CREDENTIAL_TYPE}=... and -o {CREDENTIAL}=..., or neither",
-            )  # fmt: skip
-        credential = Credential(kind, secret.encode()) if kind else None
+        credential = self._credential(options)
         spec = from_docker_name("eos", name, options)
         if credential is not None:
             spec = VolumeSpec.from_public(spec.to_public(), credential)
         return spec, credential is not None
+
+    def _credential(self, options: dict[str, str]) -> Credential | None:
+        """The credential a volume refers to (popped from ``options``), read now."""
+        kind = options.pop(CREDENTIAL_TYPE, "")
+        path, name = options.pop(CREDENTIAL_FILE, ""), options.pop(CREDENTIAL_NAME, "")
+        if path and name:
+            raise InvalidSpec("option", CREDENTIAL_FILE, f"give -o {CREDENTIAL_FILE}=... or "
+                              f"-o {CREDENTIAL_NAME}=..., not both")  # fmt: skip
+        if name:
+            credential = NamedCredentials(self.manager.config.state_dir).get(name)
+            if kind and kind != credential.kind:
+                raise InvalidSpec(
+                    CREDENTIAL_TYPE, kind, f"credential {name!r} is {credential.kind}"
+                )
+            return credential
+        if bool(kind) != bool(path):
+            raise InvalidSpec(
+                "option", CREDENTIAL_FILE if kind else CREDENTIAL_TYPE,
+                f"give both -o {CREDENTIAL_TYPE}=... and -o {CREDENTIAL_FILE}=..., or neither",
+            )  # fmt: skip
+        if not path:
+            return None
+        Credential(kind, b"-")  # the kind first: a bad one is refused before the file is read
+        return read_private_file(path, kind)
 
     def _record(self, name: str) -> NamedVolume:
         row = self.volumes.get(name)

@@ -24,6 +24,11 @@ FRONTS: list[tuple[str, str, str]] = [
     ("flexvolume", "flexvolume.command", "install or remove the Kubernetes FlexVolume drivers"),
     ("watch", "hepvol.watch", "node daemon: health/repair loop and metrics for FlexVolume"),
     ("docker-plugin", "hepvol.docker", "Docker volume plugin daemon (cvmfs or eos)"),
+    (
+        "credential",
+        "hepvol.credential",
+        "register EOS credentials by name for Docker volumes (-o credential-name=NAME)",
+    ),
     ("install", "hepvol.install", "set up a Docker host: systemd units, config, state dirs"),
     ("uninstall", "hepvol.install", "undo `hepvol install` (keeps config and state)"),
 ]

@@ -171,14 +171,21 @@ def test_mount_of_an_unknown_repository_fails_and_leaves_nothing(
     assert os.listdir(hepvol_env.config.mount_root) == []
 
 
-def test_eos_volume_with_a_credential_never_shows_it(
+def _secret_file(directory: Path, value: str) -> str:
+    path = directory / "token"
+    path.write_text(value)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_eos_volume_with_a_credential_file_never_shows_it(
     eos_client: FlaskClient, hepvol_env: HepvolEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     opts = {"instance": "eosdemo", "path": "/experiment", "credential-type": "krb5",
-            "credential": SECRET}  # fmt: skip
+            "credential-file": _secret_file(hepvol_env.workdir, SECRET)}  # fmt: skip
     assert post(eos_client, "VolumeDriver.Create", {"Name": "my-data", "Opts": opts})["Err"] == ""
-    again = post(eos_client, "VolumeDriver.Create", {"Name": "my-data", "Opts": {**opts,
-                 "credential": "second-Secret"}})["Err"]  # fmt: skip
+    Path(opts["credential-file"]).write_text("second-Secret")
+    again = post(eos_client, "VolumeDriver.Create", {"Name": "my-data", "Opts": opts})["Err"]
     assert "already exists" in again and SECRET not in again and "second-Secret" not in again
     stored = list((Path(hepvol_env.config.state_dir) / "credentials").rglob("*"))
     files = [p for p in stored if p.is_file()]
@@ -193,7 +200,24 @@ def test_eos_volume_with_a_credential_never_shows_it(
     assert SECRET.encode() not in Path(hepvol_env.config.ledger_path).read_bytes()
     post(eos_client, "VolumeDriver.Unmount", {"Name": "my-data", "ID": "m"})
     assert post(eos_client, "VolumeDriver.Remove", {"Name": "my-data"})["Err"] == ""
-    assert not files[0].exists(), "the credential goes with its volume"
+    assert not files[0].exists(), "the volume's copy of the credential goes with it"
+
+
+def test_a_credential_file_others_can_read_is_refused(
+    eos_client: FlaskClient, hepvol_env: HepvolEnv
+) -> None:
+    path = _secret_file(hepvol_env.workdir, SECRET)
+    os.chmod(path, 0o644)
+    opts = {"instance": "eosdemo", "credential-type": "krb5", "credential-file": path}
+    err = post(eos_client, "VolumeDriver.Create", {"Name": "v", "Opts": opts})["Err"]
+    assert f"chown root:root {path} && chmod 0600 {path}" in err and SECRET not in err
+    link = hepvol_env.workdir / "link"
+    link.symlink_to(path)
+    os.chmod(path, 0o600)
+    err = post(eos_client, "VolumeDriver.Create",
+               {"Name": "v", "Opts": {**opts, "credential-file": str(link)}})["Err"]  # fmt: skip
+    assert "cannot open it" in err
+    assert post(eos_client, "VolumeDriver.List")["Volumes"] == []
 
 
 @pytest.mark.parametrize(
@@ -203,14 +227,17 @@ def test_eos_volume_with_a_credential_never_shows_it(
         (
             "v",
             {"instance": "eosdemo", "tag": "x"},
-            "valid options are: instance, path, credential-type",
+            "valid options are: instance, path, credential-type, credential-file, credential-name",
         ),
-        ("v", {"instance": "eosdemo", "credential": SECRET}, "give both"),
+        ("v", {"instance": "eosdemo", "credential": SECRET}, "hepvol credential add NAME"),
+        ("v", {"instance": "eosdemo", "credential-file": "/etc/hostname"}, "give both"),
         (
             "v",
-            {"instance": "eosdemo", "credential-type": "nope", "credential": SECRET},
+            {"instance": "eosdemo", "credential-type": "nope", "credential-file": "/x"},
             "credential type",
         ),
+        ("v", {"instance": "eosdemo", "credential-name": "absent"}, "no credential named"),
+        ("v", {"instance": "eosdemo", "credential-name": "../x"}, "invalid credential name"),
         ("v", {"instance": "eosdemo", "path": "/a/../b"}, "invalid path"),
         ("a/b", {"instance": "eosdemo"}, "invalid volume name"),
         ("..", {"instance": "eosdemo"}, "invalid volume name"),

@@ -2,7 +2,8 @@
 
 Each test starts the real daemon (or installed FlexVolume driver) on the eos backend
 with the stand-in eosxd, logs at DEBUG, passes a credential the way its users do
-(Docker ``-o credential=``, a pod's ``kubernetes.io/secret/krb5``, CSI node
+(Docker: a registered ``-o credential-name=`` through a real dockerd, the raw
+``-o credential=`` refused; a pod's ``kubernetes.io/secret/krb5``, CSI node
 publish secrets), makes the front refuse a few bad requests that carry it too,
 then greps everything a person or a scraper could read: every file of the test's
 world (state dir, ledger, logs, daemon output, generated eosxd configs, the
@@ -14,6 +15,7 @@ directories, and gone once the volume is released.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import stat
@@ -119,27 +121,58 @@ def _answers(port: int) -> bool:
     return True
 
 
-def test_docker_credential_option_is_never_shown(eos_world: HepvolEnv, tmp_path: Path) -> None:
-    for plugin in make_plugin(eos_world, Dockerd(tmp_path / "no-engine"), backend="eos"):
-        opts = {"instance": INSTANCE, "path": EOS_PATH, "credential-type": "krb5",
-                "credential": SECRET.decode()}  # fmt: skip
-        assert plugin.call("VolumeDriver.Create", {"Name": "cms", "Opts": opts}) == {"Err": ""}
-        refused = [
-            plugin.call("VolumeDriver.Create", {"Name": "cms", "Opts": {**opts, "path": "/x"}}),
-            plugin.call("VolumeDriver.Create", {"Name": "bad", "Opts": {**opts, "path": "/a/../b"}}),
-            plugin.call("VolumeDriver.Create",
-                        {"Name": "bad", "Opts": {**opts, "credential-type": "password"}}),
-            plugin.call("VolumeDriver.Create", {"Name": "bad", "Opts": {"credential": opts}}),
+def _grep_tree(root: Path, needle: bytes) -> list[Path]:
+    found = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(directory, name)
+            with contextlib.suppress(OSError):
+                if not path.is_symlink() and path.is_file() and needle in path.read_bytes():
+                    found.append(path)
+    return found
+
+
+def test_docker_takes_credentials_by_reference_and_never_shows_them(
+    eos_world: HepvolEnv, dockerd: Dockerd
+) -> None:
+    added = subprocess.run(
+        [sys.executable, "-m", "hepvol", "credential", "add", "cms-krb5", "--type", "krb5",
+         "--file", "-"], input=SECRET, env=eos_world.environ(), capture_output=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert b"credential-name=cms-krb5" in added.stdout
+    for plugin in make_plugin(eos_world, dockerd, backend="eos"):
+        where = ["-o", f"instance={INSTANCE}", "-o", f"path={EOS_PATH}"]
+        create = ["volume", "create", "-d", plugin.driver, *where]
+        raw = dockerd.docker(*create, "-o", "credential-type=krb5", "-o",
+                             f"credential={SECRET.decode()}", "cms-raw", check=False)  # fmt: skip
+        assert raw.returncode != 0
+        assert "hepvol credential add NAME --type KIND --file FILE" in raw.stderr, raw.stderr
+        assert "credential-name=NAME" in raw.stderr and len(raw.stderr.strip().splitlines()) == 1
+        replies = [
+            plugin.call("VolumeDriver.Create", {"Name": "bad", "Opts": {"credential": SECRET.decode(),
+                        "credential-type": "krb5", "instance": INSTANCE}}),
+            plugin.call("VolumeDriver.Create", {"Name": "bad", "Opts": {"credential-name": "nope",
+                        "instance": INSTANCE}}),
         ]  # fmt: skip
-        assert all(reply["Err"] for reply in refused), refused
-        mounted = plugin.call("VolumeDriver.Mount", {"Name": "cms", "ID": "c1"})
-        assert Path(str(mounted["Mountpoint"]), "README").read_text() == "cms\n"
-        shown = [plugin.call("VolumeDriver.Get", {"Name": "cms"}), plugin.call("VolumeDriver.List")]
-        assert len(credential_files(eos_world)) == 2, "the volume's and the mount's own"
-        assert_secret_only_in_credential_files(eos_world, str(refused), str(shown))
-        assert plugin.call("VolumeDriver.Unmount", {"Name": "cms", "ID": "c1"}) == {"Err": ""}
-        assert plugin.call("VolumeDriver.Remove", {"Name": "cms"}) == {"Err": ""}
-        assert_released(eos_world)
+        assert all(reply["Err"] for reply in replies), replies
+        refused = [raw.stderr, str(replies)]
+        dockerd.docker(*create, "-o", "credential-name=cms-krb5", "cms")
+        out = plugin.run(["-v", "cms:/eos/cms", "--volume-driver", plugin.driver],
+                         "cat", "/eos/cms/README")  # fmt: skip
+        assert out == "cms\n"
+        inspected = dockerd.docker("volume", "inspect", "cms").stdout
+        assert '"credential-name": "cms-krb5"' in inspected
+        listed = dockerd.docker("volume", "ls", "-q", "-f", f"driver={plugin.driver}").stdout
+        assert listed.split() == ["cms"], "the refused volume is not kept"
+        assert len(credential_files(eos_world)) == 2, "the registered one and the volume's copy"
+        assert_secret_only_in_credential_files(eos_world, str(refused), inspected)
+        dockerd.docker("volume", "rm", "cms")
+        assert _grep_tree(dockerd.root, SECRET) == [], "dockerd keeps no secret"
+    removed = hepvol_cli(eos_world, "credential", "rm", "cms-krb5")
+    assert removed.returncode == 0, removed.stderr
+    assert_released(eos_world)
 
 
 def test_flexvolume_secret_ref_is_never_shown(eos_world: HepvolEnv, watch_metrics: int) -> None:
