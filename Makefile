@@ -74,7 +74,7 @@ cvmfs-client: root
 # The whole suite, in a private mount namespace so that nothing a test mounts can
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.
 test: setup lint tools cvmfs-client
-	CSI_SANITY=$(TOOLS)/bin/csi-sanity unshare --mount --propagation private -- $(PY) -m pytest $(PYTEST_ARGS)
+	CSI_SANITY=$(TOOLS)/bin/csi-sanity unshare --mount --propagation private -- $(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 	unshare --mount --propagation private -- $(PY) -m bench --quick
 
 bench: setup cvmfs-client

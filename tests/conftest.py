@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +27,9 @@ from mount_core import bind
 from mount_core.config import Config, LocalConfig, dumps
 from mount_core.manager import MountManager
 from mount_core.mountinfo import MountTable
+
+if TYPE_CHECKING:
+    from tests.e2e.dockerd import Dockerd
 
 SAMPLE = "sample.hepvol.org"
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +125,14 @@ def make_world(workdir: Path, **settings: Any) -> HepvolEnv:
     env.make_repo(f"{SAMPLE}@v1", {"README": "sample v1\n"})
     write_config(workdir, config)
     return env
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[Dockerd]:
+    """One private Docker engine for the whole run (tests/e2e/dockerd.py)."""
+    from tests.e2e.dockerd import run_engine
+
+    yield from run_engine()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A real Docker engine and a real hepvol plugin daemon, for the Docker tests.
 
-``dockerd`` (session): a private dockerd (own data root, exec root and socket;
+``run_engine`` (the session fixture ``dockerd`` in tests/conftest.py): a private dockerd (own data root, exec root and socket;
 ``--iptables=false --bridge=none``) with a tiny image ``hepvol-test-base`` imported
 from a busybox-static root file system (no registry is reachable). It can be
 restarted. ``docker_plugin`` (per test): a hepvol world and ``hepvol
@@ -181,11 +181,6 @@ def _import_base_image(engine: Dockerd) -> None:
     archive = engine.root / "rootfs.tar"
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
     engine.docker("import", str(archive), IMAGE)
-
-
-@pytest.fixture(scope="session")
-def dockerd() -> Iterator[Dockerd]:
-    yield from run_engine()
 
 
 def run_engine(*, live_restore: bool = False) -> Iterator[Dockerd]:

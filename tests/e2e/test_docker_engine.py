@@ -14,10 +14,9 @@ import pytest
 from docker_plugin import demo
 from docker_plugin.stale import drop_stale
 from tests.conftest import SAMPLE, HepvolEnv, wait_for
-from tests.e2e.dockerd import IMAGE, Dockerd, Plugin, dockerd, make_plugin
+from tests.e2e.dockerd import IMAGE, Dockerd, Plugin, make_plugin
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-__all__ = ["dockerd"]
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 ``images/local/build`` makes the image in the test engine (Debian base from
 debootstrap, cached under .tools/; hepvol from host-built wheels); the
-``node_image`` fixture here is shared by test_managed_plugin.py and
-test_images_chart.py. Then:
+session fixture ``node_image`` (tests/e2e/conftest.py) builds it once per run for this
+module, test_managed_plugin.py and test_images_chart.py. Then:
 - the image holds hepvol for every front and no compiler;
 - the Docker plugin runs from the image as a container sharing its socket dir
   and mount root with the host (``rshared``), and ``docker run -v
@@ -24,14 +24,12 @@ from pathlib import Path
 import pytest
 
 from mount_core.mountinfo import MountTable
-from tests.conftest import REPO, SAMPLE, HepvolEnv, wait_for
-from tests.e2e.dockerd import IMAGE, PLUGIN_DIR, Dockerd, dockerd
+from tests.conftest import SAMPLE, HepvolEnv, wait_for
+from tests.e2e.dockerd import IMAGE, PLUGIN_DIR, Dockerd
 from tests.e2e.test_helm import by_kind, containers, objects, render
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-__all__ = ["dockerd"]
 
-NODE_IMAGE = "hepvol-node:local"
 # This machine's capability bounding set lacks CAP_SYS_RESOURCE, so runc refuses
 # --privileged; the plugin needs exactly what its managed form gets: CAP_SYS_ADMIN
 # and /dev/fuse (plus no seccomp/AppArmor filter on mount(2)).
@@ -39,20 +37,6 @@ PLUGIN_PRIVILEGES = [
     "--cap-add", "SYS_ADMIN", "--device", "/dev/fuse",
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def node_image(dockerd: Dockerd, request: pytest.FixtureRequest) -> str:
-    result = subprocess.run([str(REPO / "images" / "local" / "build"), NODE_IMAGE],
-                            env=dockerd.env(), capture_output=True, text=True, timeout=900,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, f"image build failed:\n{result.stdout}\n{result.stderr}"
-    # Size and build time go to the terminal, past pytest's capture.
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        for line in result.stdout.splitlines():
-            print(f"\n[images/local/build] {line}")
-    return NODE_IMAGE
 
 
 def unique(prefix: str) -> str:

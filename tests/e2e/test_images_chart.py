@@ -24,12 +24,11 @@ import pytest
 from mount_core import bind
 from mount_core.mountinfo import MountTable
 from tests.conftest import SAMPLE, HepvolEnv, wait_for
-from tests.e2e.dockerd import Dockerd, dockerd
+from tests.e2e.dockerd import Dockerd
 from tests.e2e.test_helm import by_kind, containers, objects, render
-from tests.e2e.test_images import PLUGIN_PRIVILEGES, node_image
+from tests.e2e.test_images import PLUGIN_PRIVILEGES
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-__all__ = ["dockerd", "node_image"]
 
 
 def _docker_mounts(pod: dict[str, Any], container: dict[str, Any], scratch: Path) -> list[str]:

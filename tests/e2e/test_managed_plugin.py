@@ -16,11 +16,10 @@ import pytest
 
 from mount_core.mountinfo import MountTable
 from tests.conftest import REPO, SAMPLE, HepvolEnv, wait_for
-from tests.e2e.dockerd import IMAGE, Dockerd, dockerd
-from tests.e2e.test_images import node_image, unique
+from tests.e2e.dockerd import IMAGE, Dockerd
+from tests.e2e.test_images import unique
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-__all__ = ["dockerd", "node_image"]
 
 
 @pytest.fixture
