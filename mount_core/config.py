@@ -17,6 +17,7 @@ from typing import Any
 from mount_core.errors import ConfigError
 
 DEFAULT_FILE = "/etc/hepvol/config.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class Config:
             raise ConfigError(f"cvmfs.client is {self.cvmfs.client!r}: use 'local' or 'cvmfs2'")
         if self.eos.client not in ("local", "eosxd"):
             raise ConfigError(f"eos.client is {self.eos.client!r}: use 'local' or 'eosxd'")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level is {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}"
+            )
         for directory in self.server_cgroups:
             _absolute("server_cgroups", directory)
         for name in ("idle_unmount_seconds", "health_interval_seconds"):
@@ -121,8 +126,39 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int | float):
+        return "a number"
+    if isinstance(default, tuple):
+        return "a list of strings"
+    return "a string"
+
+
+def _bad(name: str, value: Any, default: Any) -> ConfigError:
+    return ConfigError(
+        f"config key {name} has a bad value {value!r}: expected {_type_name(default)}"
+    )
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """A value from the TOML file, which has types: it must already be the right one."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise _bad(name, value, default)
+    return tuple(value) if isinstance(default, tuple) else type(default)(value)
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert a file/env/flag value to the type of the field's default."""
+    """Convert an environment or flag value (a string, or a flag's list) to the field's type."""
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -141,13 +177,13 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 raise ValueError(value)
             return value
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"config key {name} has a bad value {value!r} (expected {type(default).__name__})"
-        ) from None
+        raise _bad(name, value, default) from None
     return value
 
 
-def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
+def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "", typed: bool = False) -> Any:
+    """``values`` over ``obj``; ``typed``: they come from the TOML file and must have
+    the field's type already (``target_roots = "/x"`` is not a list)."""
     known = {f.name: f for f in fields(obj)}
     changes: dict[str, Any] = {}
     for key, value in values.items():
@@ -159,9 +195,13 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
         if is_dataclass(current):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key {prefix}{key} must be a table")
-            changes[key] = _apply(current, value, f"{prefix}{key}.")
+            changes[key] = _apply(current, value, f"{prefix}{key}.", typed)
         elif key == "instances":
+            if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+                raise ConfigError(f"config key {prefix}{key} must be a list of tables")
             changes[key] = tuple(dict(v) for v in value)
+        elif typed:
+            changes[key] = _typed(prefix + key, value, current)
         else:
             changes[key] = _coerce(prefix + key, value, current)
     return replace(obj, **changes)
@@ -238,7 +278,7 @@ def load(
 
         try:
             with open(file_path, "rb") as handle:
-                config = _apply(config, tomllib.load(handle))
+                config = _apply(config, tomllib.load(handle), typed=True)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
     elif path or env.get("HEPVOL_CONFIG"):

@@ -44,6 +44,16 @@ def test_environment_forms(tmp_path: Path) -> None:
         ("stat_dir = '/x'", "unknown config key stat_dir"),
         ("[local]\nrot = '/x'", "unknown config key local.rot"),
         ("idle_unmount_seconds = 'soon'", "idle_unmount_seconds has a bad value"),
+        ("target_roots = '/x'", "config key target_roots has a bad value '/x': expected a list of"),
+        ("target_roots = ['/x', 3]", "target_roots has a bad value .*expected a list of strings"),
+        (
+            "mount_timeout_seconds = '30'",
+            "mount_timeout_seconds has a bad value '30': expected a nu",
+        ),
+        ("[cvmfs]\nautomount = 'yes'", "cvmfs.automount has a bad value 'yes': expected true or"),
+        ("state_dir = 5", "state_dir has a bad value 5: expected a string"),
+        ("log_level = 'verbose'", "log_level is 'verbose': use one of DEBUG, INFO, WARNING, ERROR"),
+        ("[eos]\ninstances = 'x'", "eos.instances must be a list of tables"),
         ("state_dir = 'relative'", "state_dir must be an absolute path"),
         ("target_roots = ['/var/lib/hepvol/x']", "overlaps"),
         ("[cvmfs]\nclient = 'cvmfs3'", "cvmfs.client"),
@@ -73,3 +83,13 @@ def test_dumps_round_trips_every_key(tmp_path: Path) -> None:
     again = tmp_path / "again.toml"
     again.write_text(dumps(config))
     assert load(str(again), env={}) == config
+
+
+def test_environment_and_flags_are_strings_and_are_converted(tmp_path: Path) -> None:
+    env = {"HEPVOL_MOUNT_TIMEOUT_SECONDS": "12", "HEPVOL_LOG_LEVEL": "debug"}
+    empty = tmp_path / "config.toml"
+    empty.write_text("")
+    config = load(str(empty), env=env)
+    assert config.mount_timeout_seconds == 12.0 and config.log_level == "debug"
+    with pytest.raises(ConfigError, match="log_level is 'verbose'"):
+        load(str(empty), env={}, overrides={"log_level": "verbose"})
