@@ -10,7 +10,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv autof
 PYTEST_ARGS ?=
 
 .PHONY: all setup root apt venv go run test lint bench clean tools manifests image managed-plugin \
-        cvmfs-client
+        cvmfs-client install
 
 # Long builds and downloads are cached outside the clone, keyed by version, so a
 # second run on the same machine (CI right after a session) skips them.
@@ -51,7 +51,7 @@ venv: .stamp-venv
 .stamp-venv: pyproject.toml setup.py $(wildcard proto/*.proto) | .stamp-apt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[docker,csi,test]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
 setup: root apt venv
@@ -59,6 +59,11 @@ setup: root apt venv
 # The main job: serve a sample repository through the core and show it.
 run: setup
 	$(VENV)/bin/hepvol demo
+
+# `hepvol` on PATH: a link to this checkout's venv (`make clean` leaves it dangling).
+install: setup
+	ln -sfn $(CURDIR)/$(VENV)/bin/hepvol /usr/local/bin/hepvol
+	@echo "hepvol -> $$(readlink /usr/local/bin/hepvol)"
 
 lint: venv
 	$(VENV)/bin/ruff check .
