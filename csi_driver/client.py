@@ -2,13 +2,15 @@
 
 ``python -m csi_driver.client --endpoint unix:///csi/csi.sock publish VOLUME_ID TARGET
 repository=sample.hepvol.org`` sends one NodePublishVolume (and ``unpublish``,
-``stats``, ``info`` the other calls); each prints the answer as JSON.
+``stats``, ``info`` the other calls); each prints the answer as JSON. Like kubelet,
+``publish`` creates the target's parent directory; the driver creates the target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -100,10 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("target")
     commands.add_parser("info", help="GetPluginInfo and NodeGetInfo")
     args = parser.parse_args(argv)
+    from csi_driver.server import socket_path
+    from mount_core.errors import ConfigError
+
+    try:
+        socket_path(args.endpoint)  # the server's own rule: unix:///path only
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.command == "publish" and not all("=" in item for item in args.context):
+        parser.error("volume context: give key=value pairs, e.g. repository=sample.hepvol.org")
     client = Client(args.endpoint)
     try:
         if args.command == "publish":
             context = dict(item.split("=", 1) for item in args.context)
+            # As kubelet does: it creates the target's parent, the driver the target.
+            os.makedirs(os.path.dirname(os.path.abspath(args.target)), exist_ok=True)
             _show(client.publish(args.volume_id, args.target, context))
         elif args.command == "unpublish":
             _show(client.unpublish(args.volume_id, args.target))

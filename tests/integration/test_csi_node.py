@@ -358,3 +358,32 @@ def test_make_run_demo_publishes_through_a_node_server(
     assert running.process.returncode == 0
     assert not Path(running.target).exists()
     assert mounts_under(hepvol_env) == []
+
+
+def _client_cli(env: HepvolEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "csi_driver.client", *args], env=env.environ(),
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+def test_the_bundled_client_works_as_the_readme_says(
+    csi: CsiProcess, hepvol_env: HepvolEnv
+) -> None:
+    target = (
+        hepvol_env.targets / "pods" / "uid-1" / "csi" / "vol"
+    )  # no parent yet, as in the README
+    published = _client_cli(hepvol_env, "--endpoint", csi.endpoint, "publish", "vol", str(target),
+                            f"repository={SAMPLE}")  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    assert (target / "README").read_text() == "sample trunk\n"
+    unpublished = _client_cli(
+        hepvol_env, "--endpoint", csi.endpoint, "unpublish", "vol", str(target)
+    )
+    assert unpublished.returncode == 0, unpublished.stderr
+    for bad, message in (
+        (["--endpoint", "tcp://127.0.0.1:1", "info"], "only unix:///path endpoints"),
+        (["--endpoint", "/tmp/csi.sock", "info"], "only unix:///path endpoints"),
+        (["--endpoint", csi.endpoint, "publish", "v", str(target), "repository"], "key=value"),
+    ):
+        refused = _client_cli(hepvol_env, *bad)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
