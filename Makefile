@@ -25,8 +25,8 @@ export GOCACHE := $(CACHE)/go-build
 export GOTOOLCHAIN := local
 
 # Pinned tools for the chart checks (tests/e2e/test_helm.py), built with `go install`
-# into .tools/ (ignored). Go's module and build caches (~/go, ~/.cache/go-build)
-# are kept between runs; the stamps make a second run a no-op.
+# into .tools/ (ignored). Go's module and build caches (GOPATH, GOCACHE above, under
+# $(CACHE)) are kept between runs; the stamps make a second run a no-op.
 TOOLS := $(CURDIR)/.tools
 HELM_VERSION := v3.22.0
 KUBECONFORM_VERSION := v0.7.0

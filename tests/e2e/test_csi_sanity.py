@@ -26,8 +26,7 @@ SKIPS = Path(__file__).with_name("csi-sanity-skips.txt")
 def csi_sanity() -> str:
     candidates = [
         os.environ.get("CSI_SANITY", ""),
-        str(REPO / ".tools" / "bin" / "csi-sanity"),
-        str(Path.home() / "go" / "bin" / "csi-sanity"),
+        str(REPO / ".tools" / "bin" / "csi-sanity"),  # make tools, with the pinned Go
     ]
     for path in candidates:
         if path and os.access(path, os.X_OK):
