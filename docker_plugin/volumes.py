@@ -184,6 +184,7 @@ class DockerVolumes:
     def create(self, name: str, opts: Mapping[str, Any] | None) -> None:
         """Record a volume; the same name with the same options again is fine."""
         spec, has_secret = self.parse(name, opts)
+        self.manager.check(spec)  # not only at the first `docker run`
         try:
             self.volumes.create(name, spec.to_public(), spec.credential if has_secret else None)
         except VolumeExists as exists:

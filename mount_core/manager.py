@@ -136,6 +136,11 @@ class MountManager:
 
     # The contract ---------------------------------------------------------------
 
+    def check(self, spec: VolumeSpec) -> None:
+        """Refuse a spec the configured client can never serve (e.g. a date pin on the
+        embedded backend), so that a front can say so when the volume is created."""
+        self.backends.for_spec(spec).check_spec(spec)
+
     def acquire(self, spec: VolumeSpec, consumer: Consumer) -> str:
         """Hold ``spec`` for ``consumer`` and return the path serving it.
 

@@ -56,6 +56,9 @@ class Backend(ABC):
         """
         return VolumeSpec.from_public(data)
 
+    def check_spec(self, spec: VolumeSpec) -> None:  # noqa: B027 - most backends serve any spec
+        """Refuse a spec this backend can never serve, before a front records it."""
+
     def check_available(self) -> None:  # noqa: B027 - most backends need no check
         """Raise :class:`~mount_core.errors.Unavailable` when the client is missing."""
 

@@ -49,8 +49,16 @@ class LocalBackend(Backend):
         self.log_dir = os.path.join(state_dir, "logs")
         self.timeout = timeout
 
+    def check_spec(self, spec: VolumeSpec) -> None:
+        if spec.backend == "cvmfs" and (spec.date or spec.client_config):
+            raise Unavailable(
+                "the local backend serves tags and hashes only; date pins and clientConfig "
+                'need the real client (cvmfs.client = "cvmfs2")'
+            )
+
     def source_dir(self, spec: VolumeSpec) -> str:
         """The directory serving ``spec``; raises NotFound when it does not exist."""
+        self.check_spec(spec)
         if spec.backend == "cvmfs":
             if spec.repository is None:
                 name = ""
@@ -58,11 +66,6 @@ class LocalBackend(Backend):
                 name = f"{spec.repository}@{spec.tag}"
             elif spec.hash:
                 name = f"{spec.repository}#{spec.hash}"
-            elif spec.date or spec.client_config:
-                raise Unavailable(
-                    "the local backend serves tags and hashes only; date pins and clientConfig "
-                    'need the real client (cvmfs.client = "cvmfs2")'
-                )
             else:
                 name = spec.repository
         else:

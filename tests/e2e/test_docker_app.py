@@ -274,3 +274,13 @@ def test_an_unexpected_failure_is_an_err_without_internals(hepvol_env: HepvolEnv
     err = post(client, "VolumeDriver.List")["Err"]
     assert "internal error in the hepvol Docker plugin (RuntimeError)" in err
     assert "/secret/internal/path" not in err
+
+
+@pytest.mark.parametrize("opts", [{"date": "2024-01-01T00:00:00Z"}, {"clientConfig": "CVMFS_X=1"}])
+def test_options_the_embedded_client_cannot_serve_are_refused_at_create(
+    client: FlaskClient, opts: dict[str, str]
+) -> None:
+    err = post(client, "VolumeDriver.Create", {"Name": SAMPLE, "Opts": opts})["Err"]
+    assert "date pins and clientConfig need the real client" in err, err
+    assert 'cvmfs.client = "cvmfs2"' in err
+    assert post(client, "VolumeDriver.List")["Volumes"] == [], "nothing recorded"
