@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this node's id, e.g. spec.nodeName (default $NODE_ID)")  # fmt: skip
     parser.add_argument("--mode", choices=MODES, default="node",
                         help="services to serve: node (DaemonSet), controller, all (default node)")  # fmt: skip
+    parser.add_argument("--evict-stale-pods", action="store_true",
+                        help="evict pods whose volume was repaired under them (they hold the "
+                        "dead mount until restarted); needs the pod's service account with "
+                        "create on pods/eviction")  # fmt: skip
     parser.add_argument("--workers", type=int, default=32,
                         help="concurrent RPCs served (default 32)")  # fmt: skip
 

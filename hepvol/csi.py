@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from mount_core.config import Config
+from mount_core.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     mounts = args.mode != "controller"
     preflight(config, clients=mounts, metrics_port=args.metrics_port,
               metrics_address=args.metrics_address)  # fmt: skip
+    evictor_api = None
+    if args.evict_stale_pods:
+        from csi_driver.eviction import ApiServer
+
+        if not mounts:
+            raise ConfigError("--evict-stale-pods: only a node plugin (--mode node or all) "
+                              "has pods to evict; remove it from the controller")  # fmt: skip
+        evictor_api = ApiServer.in_cluster()
     daemon = Daemon(config, f"csi-{args.mode}", health=mounts, metrics_port=args.metrics_port,
                     metrics_address=args.metrics_address)  # fmt: skip
     server = CsiServer(
@@ -48,5 +57,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         from flexvolume.relay import RelayServer
 
         servers.append(RelayServer(daemon.manager))
+    if evictor_api is not None:
+        from csi_driver.eviction import StalePodEvictor
+
+        servers.append(StalePodEvictor(daemon.manager, evictor_api,
+                                       config.health_interval_seconds))  # fmt: skip
     return serve(daemon, *servers, driver=server.identity.name, mode=args.mode,
                  endpoint=f"unix://{server.path}")  # fmt: skip
