@@ -283,3 +283,41 @@ def test_bad_values_are_refused_naming_the_field(setting: str, named: str) -> No
     result = _run(*argv)
     assert result.returncode != 0 and result.stdout == ""
     assert named in result.stderr, result.stderr
+
+
+def test_stale_pod_eviction_is_off_by_default_and_grants_only_eviction() -> None:
+    def node(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        (ds,) = [
+            d for d in by_kind(docs, "DaemonSet") if d["metadata"]["name"] == "hepvol-cvmfs-node"
+        ]
+        return ds
+
+    default = objects(render(None))
+    assert not [
+        r for r in by_kind(default, "ClusterRole") if r["metadata"]["name"].endswith("-evict")
+    ]
+    pod = node(default)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert (
+        not cli.build_parser()
+        .parse_args(containers(node(default))["hepvol"]["args"])
+        .evict_stale_pods
+    )
+
+    enabled = objects(render(None, "--set", "node.evictStalePods=true"))
+    pod = node(enabled)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    assert (
+        cli.build_parser().parse_args(containers(node(enabled))["hepvol"]["args"]).evict_stale_pods
+    )
+    (role,) = [
+        r for r in by_kind(enabled, "ClusterRole") if r["metadata"]["name"] == "hepvol-node-evict"
+    ]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]}
+    ]
+    (binding,) = [b for b in by_kind(enabled, "ClusterRoleBinding")
+                  if b["roleRef"]["name"] == "hepvol-node-evict"]  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "kube-system"}
+    ]
