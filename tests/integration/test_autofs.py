@@ -1,8 +1,9 @@
 """Autofs mode with the real automount: repositories mount on first access.
 
 autofs answers a lookup by running the shipped program map, then mount(8), which
-runs ``/sbin/mount.cvmfs``: the stand-in is laid over ``/usr/sbin`` with an
-overlay mount, in this test process's private mount namespace only.
+runs ``/sbin/mount.cvmfs``: the stand-in is laid over ``/sbin`` (``/usr/sbin``
+where it is a link) with an overlay mount, in this test process's private mount
+namespace only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def autofs(
 ) -> Iterator[Standins]:
     """Stand-ins in autofs mode; ``request.param`` (indirect) is autofs' idle timeout."""
     if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
-        pytest.fail("the autofs tests overlay /usr/sbin: run them in a private mount namespace")
+        pytest.fail("the autofs tests overlay /sbin: run them in a private mount namespace")
     clients = install(hepvol_env, automount=True, idle_timeout=getattr(request, "param", 300))
     root = hepvol_env.config.cvmfs.root
     overlaid: list[str] = []
@@ -62,11 +63,12 @@ def autofs(
         upper.mkdir()
         work.mkdir()
         shutil.copy2(clients.bin / "mount.cvmfs", upper / "mount.cvmfs")
-        options = f"lowerdir=/usr/sbin,upperdir={upper},workdir={work}"
-        subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", options, "/usr/sbin"], check=True
-        )
-        overlaid.append("/usr/sbin")
+        # mount(8) runs /sbin/mount.<type>: /usr/sbin on merged-/usr systems, but a
+        # directory of its own where the real client installed /sbin/mount.cvmfs.
+        sbin = os.path.realpath("/sbin")
+        options = f"lowerdir={sbin},upperdir={upper},workdir={work}"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, sbin], check=True)
+        overlaid.append(sbin)
         yield clients
     finally:
         pid = _automount_pid(hepvol_env)

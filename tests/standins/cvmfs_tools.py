@@ -9,7 +9,11 @@ shows the ``fsname=`` given in ``-o`` (``/dev/fuse`` without one). ``cvmfs2 -o p
 <repo> /`` prints the resolved site config as ``NAME=value    # from FILE`` lines.
 Both then serve ``<repositories>/<repo>`` (``<repo>@<tag>``, ``<repo>#<hash>``,
 ``<repo>@<date>`` when pinned) as a real FUSE mount showing ``cvmfs2`` of type
-``fuse``, or fail with exit 32 and a ``(N - text)`` line.
+``fuse``, or fail as the real client does: a tag or date the repository lacks is
+``(22 - history init failure)``, anything else missing ``(16 - file catalog
+failure)``; cvmfs2 exits with that code, the helper with 32. A cvmfs2 on a cache
+that a running one holds says "already mounted" and exits 0 without mounting.
+tests/realclient/test_standin_drift.py compares them with the real client.
 """
 
 from __future__ import annotations
@@ -86,9 +90,29 @@ def _start(
         common.die(f"CernVM-FS: loading Fuse module... Failed to mount ({forced})", code)
     source = _source(fqrn, values)
     if not source.is_dir():
-        common.die(f"CernVM-FS: loading Fuse module... {_CATALOG_FAILURE}", 32)
+        # The real client: a missing tag or date is a history failure (22), anything
+        # else it cannot find a catalog failure (16); the helper reports either as 32.
+        tag, date = values.get("CVMFS_REPOSITORY_TAG"), values.get("CVMFS_REPOSITORY_DATE")
+        if tag and (Path(common.settings()["repos"]) / fqrn).is_dir():
+            line, code = f"no such tag: {tag} (22 - history init failure)", 22
+        elif date and (Path(common.settings()["repos"]) / fqrn).is_dir():
+            line, code = f"no repository state as early as {date} (22 - history init failure)", 22
+        else:
+            line, code = _CATALOG_FAILURE, 16
+        common.die(
+            f"CernVM-FS: loading Fuse module... {line}", 32 if tool == "mount.cvmfs" else code
+        )
+    cache = values.get("CVMFS_CACHE_BASE")
+    holder = common.control() / "caches" / (cache or "").replace("/", "%")
+    if cache and holder.exists() and common.is_mounted(holder.read_text()):
+        # The real cvmfs2 on a cache another cvmfs2 holds: says so and exits 0.
+        print(f"CernVM-FS: repository {fqrn} already mounted on {holder.read_text()}")
+        return
     name = f"{tool}-{os.path.basename(mount_point)}"
     common.serve(str(source), mount_point, fsname, name)
+    if cache:
+        holder.parent.mkdir(exist_ok=True)
+        holder.write_text(mount_point)
     print(f"CernVM-FS: mounted cvmfs on {mount_point}")
 
 
