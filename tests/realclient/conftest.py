@@ -34,7 +34,6 @@ from mount_core import bind
 from mount_core.backends import cvmfs_client
 from mount_core.config import CvmfsConfig
 from tests.conftest import HepvolEnv, make_world, teardown_world, write_config
-from tests.e2e.dockerd import dockerd  # noqa: F401 - the Docker front's private engine
 
 REPO = "demo.hepvol.org"
 V2_ONLY = "data/new-in-v2.txt"
