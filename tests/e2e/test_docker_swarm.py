@@ -11,6 +11,7 @@ that the ledger holds exactly one consumer per running task.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mount_core.mountinfo import MountTable
 from tests.conftest import SAMPLE, HepvolEnv, wait_for
 from tests.e2e.dockerd import IMAGE, Dockerd, Plugin, make_plugin, run_engine
 
@@ -30,9 +32,16 @@ READ_INTERVAL = 0.2
 
 
 def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port below the kernel's ephemeral range (swarm's data path port must
+    be 1024-49151, and nothing else picks these at random)."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 @pytest.fixture(scope="module")
@@ -182,4 +191,6 @@ def test_service_replicas_read_through_scaling_and_plugin_restarts(
     plugin.engine.docker("service", "rm", SERVICE)
     assert wait_for(lambda: readers.running() == [], CONVERGE_SECONDS, 0.5)
     assert wait_for(lambda: plugin.backings() == [], 30, 0.5), "nothing left after the service"
+    mount_root = plugin.env.config.mount_root
+    assert list(MountTable().under(mount_root)) == [], "the backing mount is gone"
     print(f"swarm: {ok} reads by {len(list(logs.iterdir()))} tasks, 0 failed, 2 plugin restarts")
