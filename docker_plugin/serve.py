@@ -141,17 +141,16 @@ def _take_lead(config: Config, driver: str) -> int | None:
 
 
 def _run_file(config: Config, driver: str, kind: str) -> str:
-    run = os.path.join(config.state_dir, "run")
-    os.makedirs(run, mode=0o700, exist_ok=True)
-    return os.path.join(run, f"docker-{driver}.{kind}")
+    from mount_core.statedir import StateDir
+
+    return os.path.join(StateDir(config.state_dir).private("run"), f"docker-{driver}.{kind}")
 
 
 def _mark_reconciled(path: str) -> None:
     """Tell the other workers that this daemon (its master's PID) has reconciled."""
-    temporary = f"{path}.{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(str(os.getppid()))
-    os.replace(temporary, path)
+    from mount_core.atomicfile import write_atomically
+
+    write_atomically(path, str(os.getppid()), 0o600, sync=False)
 
 
 def _await_reconciled(path: str, ready: threading.Event) -> None:

@@ -35,8 +35,6 @@ CAPABILITIES = {
     "supportsMetrics": False,
     "requiresFSResize": False,
 }
-LOG_FILE = "flexvolume.log"
-_LOG_ROTATE_BYTES = 8 << 20
 _MAX_MESSAGE = 1000
 
 Reply = dict[str, object]
@@ -78,23 +76,11 @@ class Call:
         import logging
 
         from mount_core import config, logs
-        from mount_core.errors import StateError
-        from mount_core.manager import MountManager, check_private_dir
+        from mount_core.manager import MountManager
+        from mount_core.statedir import StateDir
 
         settings = config.load(self.config_path)
-        # Before the log is opened: in a state dir others can write, a planted
-        # logs/ symlink would have root append to a file of their choosing.
-        log_dir = os.path.join(settings.state_dir, "logs")
-        try:
-            check_private_dir(settings.state_dir)
-            os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise StateError(
-                f"cannot create {log_dir}: {exc.strerror}; check state_dir in the hepvol config"
-            ) from None
-        path = os.path.join(log_dir, LOG_FILE)
-        _rotate(path)
-        logs.configure(settings.log_level, path=path)
+        logs.to_state_dir(StateDir(settings.state_dir), "flexvolume", settings.log_level)
         self.log = logging.getLogger("hepvol.flexvolume")
         return MountManager(settings), self.log
 
@@ -156,15 +142,6 @@ class Call:
         if handler is None:
             return reply(NOT_SUPPORTED)
         return handler(argv[1:])
-
-
-def _rotate(path: str) -> None:
-    # Every call appends a few lines; keep one previous file rather than grow forever.
-    try:
-        if os.stat(path).st_size > _LOG_ROTATE_BYTES:
-            os.replace(path, path + ".1")
-    except OSError:
-        pass
 
 
 def _is_core_error(exc: BaseException) -> bool:

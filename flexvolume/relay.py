@@ -25,8 +25,8 @@ from flexvolume.handoff import DECLINED
 from flexvolume.install import BACKENDS
 from mount_core.logs import event
 from mount_core.manager import MountManager
+from mount_core.statedir import StateDir
 
-SOCKET_NAME = "flexvolume.sock"
 #: sockaddr_un holds 108 bytes; a longer path cannot be served (the launcher then works alone).
 _MAX_PATH = 107
 _READ_TIMEOUT = 5.0
@@ -37,7 +37,7 @@ log = logging.getLogger("hepvol.flexvolume")
 
 def socket_path(state_dir: str) -> str | None:
     """Where the daemon of ``state_dir`` serves, or None when that path is too long."""
-    path = os.path.join(state_dir, SOCKET_NAME)
+    path = StateDir(state_dir).relay_socket
     return path if len(os.fsencode(path)) <= _MAX_PATH else None
 
 

@@ -38,7 +38,8 @@ from mount_core.config import Config
 from mount_core.errors import ConfigError
 from mount_core.health import HealthMonitor
 from mount_core.logs import event
-from mount_core.manager import MountManager, check_private_dir
+from mount_core.manager import MountManager
+from mount_core.statedir import StateDir
 
 log = logging.getLogger("hepvol.daemon")
 
@@ -78,7 +79,7 @@ def preflight(
     """Refuse to start, with one line naming the fix, what could not run correctly."""
     if os.geteuid() != 0:
         raise ConfigError(ROOT_REFUSAL)
-    check_private_dir(config.state_dir)
+    StateDir(config.state_dir).ensure()
     if clients:
         Backends(config).check_available()
     if metrics_port:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from mount_core.errors import ConfigError
+from mount_core.statedir import StateDir
 
 DEFAULT_FILE = "/etc/hepvol/config.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -76,7 +77,7 @@ class Config:
 
     @property
     def ledger_path(self) -> str:
-        return os.path.join(self.state_dir, "ledger.db")
+        return StateDir(self.state_dir).ledger
 
     def validate(self) -> Config:
         """Check cross-field rules; returns self for chaining."""

@@ -18,13 +18,14 @@ import stat
 from mount_core.atomicfile import write_atomically
 from mount_core.errors import InvalidSpec, NotFound, StateError
 from mount_core.spec import Credential
+from mount_core.statedir import StateDir
 
 
 class CredentialStore:
     """The credentials of named volumes, one 0600 file each."""
 
     def __init__(self, state_dir: str) -> None:
-        self.root = os.path.join(state_dir, "credentials")
+        self.root = StateDir(state_dir).credentials
 
     def _path(self, owner: str, name: str) -> str:
         digest = hashlib.sha256(f"{owner}\0{name}".encode()).hexdigest()

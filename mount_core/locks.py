@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 from mount_core import rootdirs
 from mount_core.errors import Busy, StateError
+from mount_core.statedir import StateDir
 
 
 class _SharedLock:
@@ -133,7 +134,7 @@ class LockDir:
     """The directory holding one lock file per spec key."""
 
     def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "locks")
+        self.path = StateDir(state_dir).locks
         rootdirs.ensure(self.path, "lock directory", 0o700)
 
     @contextmanager

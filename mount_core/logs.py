@@ -7,11 +7,16 @@ before they are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mount_core.statedir import StateDir
 
 _SECRET_WORDS = ("secret", "token", "password", "credential", "keytab")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
@@ -56,6 +61,27 @@ def configure(level: str = "INFO", stream: IO[str] | None = None, path: str | No
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+
+
+#: A log file past this size is moved to ``<name>.log.1`` (one previous file kept).
+ROTATE_BYTES = 8 << 20
+
+
+def to_state_dir(state: StateDir, name: str, level: str = "INFO") -> str:
+    """Send hepvol's logs to ``<state>/logs/<name>.log``, for processes without a stderr.
+
+    The state dir and its ``logs/`` are checked before the file is opened (in a
+    directory others can write, a planted ``logs`` symlink would have root append
+    to a file of their choosing). Every call appends a few lines: past
+    :data:`ROTATE_BYTES` the file is moved to ``<name>.log.1`` first, so one
+    previous file is kept and nothing grows forever. Returns the log's path.
+    """
+    path = os.path.join(state.ensure().private("logs"), f"{name}.log")
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_size > ROTATE_BYTES:
+            os.replace(path, path + ".1")
+    configure(level, path=path)
+    return path
 
 
 def event(

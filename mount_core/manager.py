@@ -31,6 +31,7 @@ from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions a
 from mount_core.logs import event
 from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
+from mount_core.statedir import StateDir
 
 if TYPE_CHECKING:
     from mount_core.reconcile import Report
@@ -40,15 +41,6 @@ log = logging.getLogger("hepvol.core")
 
 #: Called after every operation with (operation, volume key, seconds, succeeded).
 OperationObserver = Callable[[str, str, float, bool], None]
-
-
-def check_private_dir(path: str) -> None:
-    """Create the state dir 0700 if missing; refuse one that someone other than root can write.
-
-    The ledger and lock files decide what gets mounted where: a state dir writable by
-    an unprivileged user would let that user steer a root daemon.
-    """
-    rootdirs.ensure(path, "state directory", 0o700)
 
 
 def _ignore(op: str, key: str, seconds: float, ok: bool) -> None:
@@ -97,7 +89,7 @@ class MountManager:
         on_operation: OperationObserver | None = None,
     ) -> None:
         self.config = config
-        check_private_dir(config.state_dir)
+        StateDir(config.state_dir).ensure()
         rootdirs.ensure(config.mount_root, "mount_root", 0o755)
         self.ledger = ledger or Ledger(config.ledger_path)
         self.backends = backends or Backends(config)

@@ -25,6 +25,7 @@ from mount_core.errors import MountFailed, MountTimeout
 from mount_core.locks import LockDir
 from mount_core.logs import event
 from mount_core.mountinfo import MountTable
+from mount_core.statedir import StateDir
 
 log = logging.getLogger("hepvol.autofs")
 
@@ -45,7 +46,7 @@ class Automounter:
         self.program = program
         self.idle_timeout = idle_timeout
         self.wait = wait
-        self.dir = os.path.join(state_dir, "autofs")
+        self.dir = StateDir(state_dir).autofs
         self.master = os.path.join(self.dir, "auto.master")
         #: The client's own program map (/etc/auto.cvmfs) when configured, else ours.
         self.own_map = not map_program

@@ -42,6 +42,7 @@ from mount_core.errors import MountFailed, StateError, Unavailable
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.spec import Credential, VolumeSpec
+from mount_core.statedir import StateDir
 
 log = logging.getLogger("hepvol.eos")
 
@@ -61,8 +62,9 @@ class EosxdBackend(Backend):
         super().__init__(config.mount_root)
         self.settings = config.eos
         self.instances = parse_instances(config.eos.instances)
-        self.credentials_root = os.path.join(config.state_dir, "credentials")
-        self.cache_root = os.path.join(config.state_dir, "eos")
+        state = StateDir(config.state_dir)
+        self.credentials_root = state.credentials
+        self.cache_root = state.eos
         self.timeout = config.mount_timeout_seconds
 
     def check_available(self) -> None:

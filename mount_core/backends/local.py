@@ -22,6 +22,7 @@ from mount_core.errors import Busy, InvalidSpec, MountFailed, MountTimeout, NotF
 from mount_core.locks import lock_file
 from mount_core.mountinfo import MountEntry, MountTable, mounted_at
 from mount_core.spec import VolumeSpec
+from mount_core.statedir import StateDir
 
 FSTYPE = "fuse.hepvol"
 NAME_MAX = 255
@@ -45,8 +46,9 @@ class LocalBackend(Backend):
     def __init__(self, mount_root: str, root: str, state_dir: str, timeout: float) -> None:
         super().__init__(mount_root)
         self.root = root
-        self.run_dir = os.path.join(state_dir, "run")
-        self.log_dir = os.path.join(state_dir, "logs")
+        state = StateDir(state_dir)
+        self.run_dir = state.run
+        self.log_dir = state.logs
         self.timeout = timeout
 
     def check_spec(self, spec: VolumeSpec) -> None:
