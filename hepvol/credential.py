@@ -40,9 +40,9 @@ def _read(path: str) -> bytes:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from mount_core.manager import check_private_dir
+    from mount_core.statedir import StateDir
 
-    check_private_dir(config.state_dir)
+    StateDir(config.state_dir).ensure()
     store = NamedCredentials(config.state_dir)
     if args.action == "add":
         check_credential_name(args.name)

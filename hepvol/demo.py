@@ -56,12 +56,18 @@ def make_sample(root: str) -> None:
 
 
 def demo_config(config: Config, workdir: str) -> Config:
+    """``config`` moved into ``workdir``, serving CVMFS volumes from the embedded backend.
+
+    The sample repository exists only there: a node configured for the real client
+    (``[cvmfs] client = "cvmfs2"``) would not know it.
+    """
     return replace(
         config,
         state_dir=os.path.join(workdir, "state"),
         mount_root=os.path.join(workdir, "mounts"),
         target_roots=(os.path.join(workdir, "targets"),),
         local=LocalConfig(root=os.path.join(workdir, "repositories")),
+        cvmfs=replace(config.cvmfs, client="local"),
     ).validate()
 
 
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     workdir = os.path.abspath(args.workdir)
     config = demo_config(config, workdir)
+    os.environ["HEPVOL_CVMFS_CLIENT"] = "local"  # for the CSI and Docker daemons it starts
     os.makedirs(config.target_roots[0], exist_ok=True)
     # The daemons' JSON log lines would bury the walk-through: they go to a file.
     logs.configure(config.log_level, path=os.path.join(workdir, "hepvol.log"))

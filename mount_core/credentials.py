@@ -106,7 +106,7 @@ class NamedCredentials:
     ``<state dir>/credentials/named/``: the first line is the kind, the rest the value."""
 
     def __init__(self, state_dir: str) -> None:
-        self.root = os.path.join(state_dir, "credentials", "named")
+        self.root = os.path.join(StateDir(state_dir).credentials, "named")
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, check_credential_name(name))
