@@ -1,5 +1,9 @@
 """``hepvol install docker`` / ``hepvol uninstall docker``: set up a Docker host.
 
+(``hepvol install|uninstall flexvolume [--plugin-dir DIR]`` is the same verb for
+kubelet's FlexVolume drivers: it hands over to :mod:`flexvolume.command`, whose
+older spelling ``hepvol flexvolume install [--uninstall]`` still works.)
+
 Installs the systemd unit of each driver, ``hepvol-docker-<driver>.service``,
 rendered from the one source of those units, ``deploy/docker/systemd/`` (shipped
 in the wheel under ``<prefix>/share/hepvol/systemd``): only ``ExecStart``'s
@@ -27,6 +31,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from flexvolume.install import DEFAULT_PLUGIN_DIR
 from mount_core.atomicfile import write_atomically
 from mount_core.config import Config
 from mount_core.errors import ConfigError
@@ -81,7 +86,12 @@ class Layout:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["docker"], help="what to set up: docker (systemd units)")
+    parser.add_argument("what", choices=["docker", "flexvolume"],
+                        help="docker: systemd units of the plugin daemons; "
+                        "flexvolume: the cern/cvmfs and cern/eos drivers for kubelet")  # fmt: skip
+    parser.add_argument("--plugin-dir", default=DEFAULT_PLUGIN_DIR,
+                        help=f"flexvolume: kubelet's --volume-plugin-dir "
+                        f"(default {DEFAULT_PLUGIN_DIR})")  # fmt: skip
     parser.add_argument("--drivers", default=",".join(DRIVERS),
                         help="comma-separated drivers to serve (default cvmfs,eos)")  # fmt: skip
     parser.add_argument("--root", default="/",
@@ -205,6 +215,12 @@ def uninstall(layout: Layout) -> list[str]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if args.what == "flexvolume":
+        from flexvolume import command
+
+        args.uninstall = args.command == "uninstall"
+        done: int = command.run(args, config)
+        return done
     if not os.path.isabs(args.root):
         raise ConfigError(f"--root {args.root!r} must be an absolute directory")
     layout = Layout(args.root)

@@ -274,16 +274,23 @@ def load(
     env = os.environ if env is None else env
     config = Config()
     file_path = path or env.get("HEPVOL_CONFIG") or DEFAULT_FILE
-    if os.path.exists(file_path):
+    try:
+        handle = open(file_path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        if path or env.get("HEPVOL_CONFIG"):
+            raise ConfigError(f"config file {file_path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config file {file_path}: {exc.strerror} (run hepvol as root)"
+        ) from None
+    else:
         import tomllib  # here: FlexVolume calls pay for every import
 
-        try:
-            with open(file_path, "rb") as handle:
+        with handle:
+            try:
                 config = _apply(config, tomllib.load(handle), typed=True)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
-    elif path or env.get("HEPVOL_CONFIG"):
-        raise ConfigError(f"config file {file_path} does not exist")
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
     config = _apply(config, _from_environment(env))
     if overrides:
         config = _apply(config, {k: v for k, v in overrides.items() if v is not None})

@@ -189,7 +189,7 @@ def test_stale_docker_consumers_are_dropped_against_the_engine(plugin: Plugin) -
     assert _consumers(plugin) == {SAMPLE: 1}, "the running container keeps its hold"
     assert docker("exec", reader, "cat", f"/cvmfs/{SAMPLE}/README").stdout == "sample trunk\n"
     gc = subprocess.run(
-        [sys.executable, "-m", "hepvol", "gc"],
+        [sys.executable, "-m", "hepvol", "gc", "--json"],
         env={**plugin.env.environ(), "DOCKER_HOST": plugin.engine.host},
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
