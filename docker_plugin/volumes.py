@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mount_core import volumes
-from mount_core.consumer import Consumer
+from mount_core.consumer import Consumer, stale_message
 from mount_core.credentials import NamedCredentials, read_private_file
 from mount_core.errors import Busy, Conflict, InvalidSpec, NotFound
 from mount_core.manager import ConsumerRow, MountManager
@@ -240,7 +240,8 @@ class DockerVolumes:
                 return Mounted(row.name, "", row.created_at, status)
             spec = VolumeSpec.from_public(row.record, credential)
         mountpoint = ""
-        held = len(self.holders(row.name, spec))
+        holding = self.holders(row.name, spec)
+        held = len(holding)
         if held:
             mountpoint = self.manager.backing_path(spec) or ""
             status["mounts"] = held
@@ -249,6 +250,10 @@ class DockerVolumes:
                 status["condition"] = condition
                 if message:
                     status["message"] = message
+            stale = sum(self.manager.is_stale(h) for h in holding)
+            if stale and status.get("condition") == "healthy":
+                status["stale_mounts"] = stale
+                status["message"] = f"{stale} of the mounts: {stale_message('docker')}"
         return Mounted(row.name, mountpoint, row.created_at, status)
 
     def list(self) -> list[Mounted]:

@@ -282,6 +282,11 @@ class MountManager:
     def consumer_at(self, target: str) -> ConsumerRow | None:
         return self.ledger.consumer_at(targets.normalize(target))
 
+    def is_stale(self, row: ConsumerRow) -> bool:
+        """True when ``row``'s container still holds a backing mount since replaced."""
+        backing = self.ledger.backing(row.key)
+        return backing is not None and stale(row.kind, row.generation, backing.generation)
+
     def condition(self, key: str) -> tuple[str, str]:
         """(condition, message) of a backing mount, as last seen by the health loop."""
         row = self.ledger.backing(key)

@@ -284,3 +284,29 @@ def test_options_the_embedded_client_cannot_serve_are_refused_at_create(
     assert "date pins and clientConfig need the real client" in err, err
     assert 'cvmfs.client = "cvmfs2"' in err
     assert post(client, "VolumeDriver.List")["Volumes"] == [], "nothing recorded"
+
+
+def test_inspect_names_the_containers_that_hold_a_mount_replaced_under_them(
+    client: FlaskClient, hepvol_env: HepvolEnv
+) -> None:
+    import signal
+
+    from mount_core.health import HealthMonitor
+
+    post(client, "VolumeDriver.Create", {"Name": SAMPLE})
+    path = post(client, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": "old"})["Mountpoint"]
+    for pid in hepvol_env.server_pids():
+        os.kill(pid, signal.SIGKILL)
+    assert HealthMonitor(hepvol_env.manager()).run_once()[f"cvmfs-{SAMPLE}"].dead
+    assert Path(path, "README").read_text() == "sample trunk\n", "repaired on the host"
+    post(client, "VolumeDriver.Mount", {"Name": SAMPLE, "ID": "new"})
+    status = post(client, "VolumeDriver.Get", {"Name": SAMPLE})["Volume"]["Status"]
+    assert status["mounts"] == 2 and status["stale_mounts"] == 1
+    assert (
+        status["message"].startswith("1 of the mounts: ")
+        and "restart the container" in (status["message"])
+    )
+    post(client, "VolumeDriver.Unmount", {"Name": SAMPLE, "ID": "old"})
+    status = post(client, "VolumeDriver.Get", {"Name": SAMPLE})["Volume"]["Status"]
+    assert status == {"source": SAMPLE, "mounts": 1, "condition": "healthy"}
+    post(client, "VolumeDriver.Unmount", {"Name": SAMPLE, "ID": "new"})
