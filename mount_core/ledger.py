@@ -30,122 +30,24 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from mount_core import ledger_file
 from mount_core.errors import Busy, Conflict, StateError
 from mount_core.ledger_file import RECOVERED as RECOVERED
+from mount_core.ledger_schema import MIGRATIONS, SCHEMA_VERSION, backing_row, consumer_row
+from mount_core.ledger_schema import BackingRow as BackingRow
+from mount_core.ledger_schema import ConsumerRow as ConsumerRow
+from mount_core.ledger_schema import VolumeRow as VolumeRow
 from mount_core.locks import flock_until, lock_file
 from mount_core.logs import event
 
 log = logging.getLogger("hepvol.ledger")
 
-SCHEMA_VERSION = 2
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE backing_mounts (
-        key         TEXT PRIMARY KEY,
-        backend     TEXT NOT NULL,
-        spec        TEXT NOT NULL,
-        path        TEXT NOT NULL,
-        state       TEXT NOT NULL CHECK (state IN ('mounting', 'mounted', 'unmounting')),
-        created_at  REAL NOT NULL,
-        idle_since  REAL,
-        condition   TEXT NOT NULL DEFAULT 'healthy',
-        message     TEXT NOT NULL DEFAULT '',
-        checked_at  REAL
-    );
-    CREATE TABLE consumers (
-        id              INTEGER PRIMARY KEY AUTOINCREMENT,
-        key             TEXT NOT NULL REFERENCES backing_mounts(key),
-        consumer        TEXT NOT NULL,
-        kind            TEXT NOT NULL,
-        target          TEXT,
-        subpath         TEXT NOT NULL DEFAULT '',
-        readonly        INTEGER NOT NULL,
-        state           TEXT NOT NULL CHECK (state IN ('binding', 'active', 'releasing')),
-        created_target  INTEGER NOT NULL DEFAULT 0,
-        info            TEXT NOT NULL DEFAULT '{}',
-        created_at      REAL NOT NULL
-    );
-    CREATE UNIQUE INDEX consumers_by_target ON consumers(target) WHERE target IS NOT NULL;
-    CREATE INDEX consumers_by_key ON consumers(key);
-    CREATE INDEX consumers_by_consumer ON consumers(consumer);
-    CREATE TABLE volumes (
-        front       TEXT NOT NULL,
-        name        TEXT NOT NULL,
-        spec        TEXT NOT NULL,
-        created_at  TEXT NOT NULL,
-        PRIMARY KEY (front, name)
-    );
-    """,
-    2: """
-    ALTER TABLE backing_mounts ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE backing_mounts ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
-    ALTER TABLE consumers ADD COLUMN generation INTEGER NOT NULL DEFAULT 1
-    """,
-}
-
-
-@dataclass
-class BackingRow:
-    key: str
-    backend: str
-    spec: dict[str, Any]
-    path: str
-    state: str
-    created_at: float
-    idle_since: float | None
-    condition: str
-    message: str
-    checked_at: float | None
-    generation: int = 1
-    boot_id: str = ""
-
-
-@dataclass
-class ConsumerRow:
-    id: int
-    key: str
-    consumer: str
-    kind: str
-    target: str | None
-    subpath: str
-    readonly: bool
-    state: str
-    created_target: bool
-    info: dict[str, Any] = field(default_factory=dict)
-    created_at: float = 0.0
-    generation: int = 1
-
-
-@dataclass
-class VolumeRow:
-    front: str
-    name: str
-    spec: dict[str, Any]
-    created_at: str
-
 
 def _fd_identity(fd: int) -> ledger_file.FileId:
     st = os.fstat(fd)
     return st.st_dev, st.st_ino
-
-
-def _backing(row: sqlite3.Row) -> BackingRow:
-    data = dict(row)
-    data["spec"] = json.loads(data["spec"])
-    return BackingRow(**data)
-
-
-def _consumer(row: sqlite3.Row) -> ConsumerRow:
-    data = dict(row)
-    data["info"] = json.loads(data["info"])
-    data["readonly"] = bool(data["readonly"])
-    data["created_target"] = bool(data["created_target"])
-    return ConsumerRow(**data)
 
 
 class Ledger:
@@ -188,7 +90,7 @@ class Ledger:
                     f"({SCHEMA_VERSION}); upgrade hepvol rather than downgrade it"
                 )
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step].split(";"):
+                for statement in MIGRATIONS[step].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version={step}")
@@ -259,10 +161,10 @@ class Ledger:
 
     def backing(self, key: str) -> BackingRow | None:
         rows = self._query("SELECT * FROM backing_mounts WHERE key = ?", (key,))
-        return _backing(rows[0]) if rows else None
+        return backing_row(rows[0]) if rows else None
 
     def backings(self) -> list[BackingRow]:
-        return [_backing(r) for r in self._query("SELECT * FROM backing_mounts ORDER BY key")]
+        return [backing_row(r) for r in self._query("SELECT * FROM backing_mounts ORDER BY key")]
 
     def put_backing(
         self,
@@ -406,15 +308,15 @@ class Ledger:
             rows = self._query("SELECT * FROM consumers ORDER BY id")
         else:
             rows = self._query("SELECT * FROM consumers WHERE key = ? ORDER BY id", (key,))
-        return [_consumer(r) for r in rows]
+        return [consumer_row(r) for r in rows]
 
     def consumers_named(self, consumer: str) -> list[ConsumerRow]:
         rows = self._query("SELECT * FROM consumers WHERE consumer = ? ORDER BY id", (consumer,))
-        return [_consumer(r) for r in rows]
+        return [consumer_row(r) for r in rows]
 
     def consumer_at(self, target: str) -> ConsumerRow | None:
         rows = self._query("SELECT * FROM consumers WHERE target = ?", (target,))
-        return _consumer(rows[0]) if rows else None
+        return consumer_row(rows[0]) if rows else None
 
     def count(self, key: str) -> int:
         return int(self._query("SELECT COUNT(*) FROM consumers WHERE key = ?", (key,))[0][0])

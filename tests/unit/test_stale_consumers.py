@@ -86,11 +86,12 @@ def test_a_remount_after_a_reboot_leaves_nobody_stale(
 def test_a_ledger_of_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     import sqlite3
 
-    from mount_core.ledger import _MIGRATIONS, Ledger
+    from mount_core.ledger import Ledger
+    from mount_core.ledger_schema import MIGRATIONS
 
     path = str(tmp_path / "ledger.db")
     db = sqlite3.connect(path)
-    db.executescript(_MIGRATIONS[1] + ";PRAGMA user_version=1;")
+    db.executescript(MIGRATIONS[1] + ";PRAGMA user_version=1;")
     db.execute("INSERT INTO backing_mounts (key, backend, spec, path, state, created_at) "
                "VALUES ('k', 'local', '{}', '/m/k', 'mounted', 0)")  # fmt: skip
     db.execute("INSERT INTO consumers (key, consumer, kind, readonly, state, created_at) "
