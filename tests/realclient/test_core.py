@@ -204,3 +204,27 @@ def test_reconcile_reports_fuse_mounts_it_does_not_know_and_removes_its_own(
     assert client_pids(stray) == [] and client_pids(bare) != []
     for pid in client_pids(bare):
         os.kill(pid, signal.SIGKILL)
+
+
+def test_a_client_left_on_the_cache_does_not_fake_a_mount(
+    real_env: HepvolEnv, stratum0: Stratum0
+) -> None:
+    """A cvmfs2 still serving a copy of a given-up mount holds the cache; a new one
+    would print "already mounted" and exit 0 without mounting."""
+    spec, _ = specs(stratum0)["tag"]
+    backend = Backends(real_env.config).named("cvmfs2")
+    path = Path(real_env.config.mount_root, spec.key)
+    backend.mount(spec, str(path))
+    copy = real_env.workdir / "copy"
+    copy.mkdir()
+    subprocess.run(["mount", "--bind", str(path), str(copy)], check=True)
+    subprocess.run(["umount", "-l", str(path)], check=True)
+    assert client_pids(path), "the copy keeps the client (and its cache) alive"
+
+    backend.mount(spec, str(path))
+    entry = MountTable().at(str(path))
+    assert entry is not None and entry.source == f"hepvol:{spec.key}"
+    assert (path / "VERSION").read_text() == "v1\n"
+    subprocess.run(["umount", "-l", str(copy)], check=True)
+    backend.unmount(str(path))
+    assert client_pids(path) == []
