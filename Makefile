@@ -68,7 +68,8 @@ install: setup
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy mount_core hepvol
+	$(VENV)/bin/mypy mount_core hepvol docker_plugin flexvolume csi_driver
+	$(VENV)/bin/lint-imports
 
 # The real CernVM-FS client and a local stratum 0 serving demo.hepvol.org (from
 # ../shared/tools/cvmfs), for tests/realclient/ and bench/: a fast no-op when it

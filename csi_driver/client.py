@@ -24,7 +24,7 @@ from csi_driver.generated import csi_pb2, csi_pb2_grpc
 Mode = csi_pb2.VolumeCapability.AccessMode
 
 
-def capability(mode: int = Mode.MULTI_NODE_READER_ONLY) -> csi_pb2.VolumeCapability:
+def capability(mode: Mode.Mode = Mode.MULTI_NODE_READER_ONLY) -> csi_pb2.VolumeCapability:
     """A mount capability with ``mode`` (what kubelet sends for a filesystem volume)."""
     return csi_pb2.VolumeCapability(
         mount=csi_pb2.VolumeCapability.MountVolume(), access_mode=Mode(mode=mode)
@@ -63,7 +63,7 @@ class Client:
         target: str,
         context: Mapping[str, str],
         *,
-        mode: int = Mode.MULTI_NODE_READER_ONLY,
+        mode: Mode.Mode = Mode.MULTI_NODE_READER_ONLY,
         readonly: bool = False,
         secrets: Mapping[str, str] | None = None,
     ) -> csi_pb2.NodePublishVolumeResponse:
@@ -71,17 +71,22 @@ class Client:
             volume_id=volume_id, target_path=target, volume_capability=capability(mode),
             readonly=readonly, volume_context=dict(context), secrets=dict(secrets or {}),
         )  # fmt: skip
-        return self.node.NodePublishVolume(request)
+        response: csi_pb2.NodePublishVolumeResponse = self.node.NodePublishVolume(request)
+        return response
 
     def unpublish(self, volume_id: str, target: str) -> csi_pb2.NodeUnpublishVolumeResponse:
         request = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
-        return self.node.NodeUnpublishVolume(request)
+        response: csi_pb2.NodeUnpublishVolumeResponse = self.node.NodeUnpublishVolume(request)
+        return response
 
     def stats(
         self, volume_id: str, path: str, timeout: float | None = None
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         request = csi_pb2.NodeGetVolumeStatsRequest(volume_id=volume_id, volume_path=path)
-        return self.node.NodeGetVolumeStats(request, timeout=timeout)
+        response: csi_pb2.NodeGetVolumeStatsResponse = self.node.NodeGetVolumeStats(
+            request, timeout=timeout
+        )
+        return response
 
 
 def _show(message: Message) -> None:

@@ -22,7 +22,7 @@ _RPC = csi_pb2.ControllerServiceCapability.RPC
 MAX_NAME = 128
 
 
-class ControllerService(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
+class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(self, manager: MountManager, backend: str) -> None:
         self.backend = backend
         self.volumes = NamedVolumes(manager, f"csi-{backend}")

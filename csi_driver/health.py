@@ -13,7 +13,7 @@ from csi_driver.generated import health_pb2, health_pb2_grpc
 Status = health_pb2.HealthCheckResponse
 
 
-class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+class HealthService(health_pb2_grpc.HealthServicer):
     """SERVING while the server runs, NOT_SERVING once it is stopping.
 
     The overall status is the empty service name; the CSI service names
@@ -30,7 +30,7 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             self._serving = serving
             self._changed.notify_all()
 
-    def _status(self, service: str) -> int:
+    def _status(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus:
         if service not in self.services:
             return Status.SERVICE_UNKNOWN
         return Status.SERVING if self._serving else Status.NOT_SERVING

@@ -18,7 +18,7 @@ def package_version() -> str:
         return "0+unknown"
 
 
-class IdentityService(csi_pb2_grpc.IdentityServicer):  # type: ignore[misc]
+class IdentityService(csi_pb2_grpc.IdentityServicer):
     """Answers from memory only: Probe never touches a mount (liveness probes time out in 1 s)."""
 
     def __init__(self, name: str, backend: str, *, controller: bool) -> None:

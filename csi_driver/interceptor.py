@@ -48,7 +48,7 @@ def without_secrets(message: Message) -> dict[str, Any]:
     clean = type(message)()
     clean.CopyFrom(message)
     _strip(clean)
-    shown = MessageToDict(clean, preserving_proto_field_name=True)
+    shown: dict[str, Any] = MessageToDict(clean, preserving_proto_field_name=True)
     context = shown.get("volume_context")
     if isinstance(context, dict):
         shown["volume_context"] = {

@@ -21,7 +21,7 @@ from mount_core.manager import ConsumerRow, MountManager
 _RPC = csi_pb2.NodeServiceCapability.RPC
 
 
-class NodeService(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
+class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, manager: MountManager, backend: str, node_id: str) -> None:
         self.manager = manager
         self.backend = backend

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import socket
@@ -60,6 +59,10 @@ class Background(Protocol):
     def start(self, ready: threading.Event | None = None) -> None: ...
 
     def stop(self) -> None: ...
+
+    def take_lead(self) -> bool:
+        """True in the one process of this daemon that is to run :meth:`start`."""
+        ...
 
 
 class _BoundedConnection(socket.socket):
@@ -128,18 +131,6 @@ def _contact_engine_in_child(config: Config, settings: Settings) -> bool:
     return result.returncode == 0
 
 
-def _take_lead(config: Config, driver: str) -> int | None:
-    """The lead lock's descriptor if this worker takes the daemon's background work."""
-    from mount_core.errors import Busy
-    from mount_core.locks import lock_file
-
-    path = _run_file(config, driver, "lead")
-    try:
-        return lock_file(path, fcntl.LOCK_EX, time.monotonic(), f"the {driver} plugin's lead")
-    except Busy:
-        return None
-
-
 def _run_file(config: Config, driver: str, kind: str) -> str:
     from mount_core.statedir import StateDir
 
@@ -200,7 +191,7 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         self.settings = settings
         self.make_background = background
         self.background: Background | None = None
-        self.lead: int | None = None
+        self.lead = False
         self.ready = threading.Event()
         super().__init__()
 
@@ -238,18 +229,18 @@ class PluginServer(BaseApplication):  # type: ignore[misc]
         return create_app(volumes)
 
     def _post_worker_init(self, worker: Any) -> None:
-        self.lead = _take_lead(self.hepvol_config, self.settings.driver)
+        assert self.background is not None  # load() ran first, in this worker
+        self.lead = self.background.take_lead()
         event(log, "serving", driver=self.settings.driver, socket=self.settings.socket_path,
-              pid=os.getpid(), lead=self.lead is not None)  # fmt: skip
+              pid=os.getpid(), lead=self.lead)  # fmt: skip
         for listener in worker.sockets:
             limit_io(listener)
-        if self.lead is None:
+        if not self.lead:
             reconciled = _run_file(self.hepvol_config, self.settings.driver, "reconciled")
             _await_reconciled(reconciled, self.ready)
             return
-        assert self.background is not None  # load() ran first, in this worker
         _start_background(self.background, self.ready, self.hepvol_config, self.settings)
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
-        if self.background is not None and self.lead is not None:
+        if self.background is not None and self.lead:
             self.background.stop()

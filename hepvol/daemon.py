@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -35,8 +36,9 @@ from typing import Any, Protocol
 
 from mount_core.backends import Backends
 from mount_core.config import Config
-from mount_core.errors import ConfigError
+from mount_core.errors import Busy, ConfigError
 from mount_core.health import HealthMonitor
+from mount_core.locks import lock_file
 from mount_core.logs import event
 from mount_core.manager import MountManager
 from mount_core.statedir import StateDir
@@ -156,6 +158,22 @@ class Daemon:
         self.manager = MountManager(config, on_operation=observer)
         self.monitor = HealthMonitor(self.manager) if health else None
         self._metrics_server: Any = None
+        self._lead: int | None = None
+
+    def take_lead(self) -> bool:
+        """Hold ``<state>/run/<name>.lead``: True in the one process of a daemon that runs
+        the background work (the Docker plugin's gunicorn workers elect one with it).
+
+        The lock goes with the process: a replacement of a crashed lead takes it.
+        """
+        if self._lead is None:
+            path = os.path.join(StateDir(self.manager.config.state_dir).private("run"),
+                                f"{self.name}.lead")  # fmt: skip
+            try:
+                self._lead = lock_file(path, fcntl.LOCK_EX, time.monotonic(), f"{self.name}'s lead")
+            except Busy:
+                return False
+        return True
 
     def reconcile(self) -> bool:
         """The start-up reconcile; False (and logged) when it failed or left failures."""
