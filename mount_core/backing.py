@@ -304,10 +304,15 @@ class BackingService:
         event(log, "published", volume=spec.key, consumer=consumer.id, target=target)
 
     def _bind(self, backing: BackingRow, subpath: str, target_fd: int, readonly: bool) -> None:
+        with targets.open_inside(backing.path, subpath) as source:
+            self._bind_from(backing, source.fd, target_fd, readonly)
+
+    def _bind_from(
+        self, backing: BackingRow, source_fd: int, target_fd: int, readonly: bool
+    ) -> None:
         backend = self.backends.named(backing.backend)
         recursive = backend.bind_recursive(VolumeSpec.from_public(backing.spec))
-        with targets.open_inside(backing.path, subpath) as source:
-            self.kernel.bind(source.fd, target_fd, readonly=readonly, recursive=recursive)
+        self.kernel.bind(source_fd, target_fd, readonly=readonly, recursive=recursive)
 
     def restore_target(
         self, backing: BackingRow, consumer: ConsumerRow, table: MountTable | None = None
@@ -323,10 +328,14 @@ class BackingService:
             if consumer.state != ACTIVE:
                 self.ledger.set_consumer_state(consumer.id, ACTIVE)
             return False
-        if table.at(consumer.target) is not None:
-            self.unbind(consumer.target)
-        with targets.open_target(consumer.target, self.config.target_roots, create=False) as opened:
-            self._bind(backing, consumer.subpath, opened.fd, consumer.readonly)
+        # The source first: if the new mount lacks it, the target keeps what it has (a
+        # dead mount answers I/O errors), rather than being emptied and left so.
+        with targets.open_inside(backing.path, consumer.subpath) as source:
+            if table.at(consumer.target) is not None:
+                self.unbind(consumer.target)
+            roots = self.config.target_roots
+            with targets.open_target(consumer.target, roots, create=False) as opened:
+                self._bind_from(backing, source.fd, opened.fd, consumer.readonly)
         self._check_served(backing, consumer.subpath, consumer.target)
         self.ledger.set_consumer_state(consumer.id, ACTIVE)
         return True

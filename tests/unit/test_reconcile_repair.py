@@ -142,3 +142,18 @@ def test_reconcile_unmounts_a_backing_mount_nobody_holds(world: World) -> None:
     report = manager.reconcile()
     assert report.unmounted == [SPEC.key] and world.kernel.entries == []
     assert manager.status() == []
+
+
+def test_a_remounted_volume_without_the_subpath_leaves_the_target_failing(world: World) -> None:
+    """The new mount lacks a target's subpath: the target keeps the dead mount (I/O errors)."""
+    spec = VolumeSpec(backend="eos", instance="eospublic", path="/experiment/alice")
+    backing = Path(world.config.mount_root) / spec.key
+    (backing / "experiment" / "alice").mkdir(parents=True)
+    manager, target = world.manager(), world.target("pod")
+    manager.publish(spec, Consumer("csi", target), target)
+    [dead] = world.kernel.at(target)
+    world.kernel.kill_server(str(backing))
+    (backing / "experiment" / "alice").rmdir()  # what the remounted volume will show
+    assert not Reconciler(manager.service).repair(spec.key, "the FUSE server died")
+    assert world.kernel.at(target) == [dead]
+    assert "does not exist in the volume" in manager.status()[0].message
