@@ -32,7 +32,7 @@ from mount_core.spec import VolumeSpec
 #: fsname of a private mount: ``hepvol:<key>`` (a bare ``cvmfs2 -o config=`` mount
 #: would show ``/dev/fuse``), so that hepvol recognises it in mountinfo.
 PRIVATE_PREFIX = "hepvol:"
-#: How long the server is asked whether a repository, tag or hash exists.
+#: How long the server is asked, in all, whether a repository, tag or hash exists.
 LOOKUP_TIMEOUT = 5.0
 
 
@@ -128,16 +128,19 @@ def _urls(settings: dict[str, str], repository: str) -> list[str]:
     ]
 
 
-def _status(url: str, proxies: list[str]) -> int | None:
+def _status(url: str, proxies: list[str], deadline: float) -> int | None:
     """HTTP status of ``url`` through the first proxy that answers (None: none did)."""
     if not url.startswith(("http://", "https://")):
         return None
     for proxy in proxies:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
         handler = urllib.request.ProxyHandler({} if proxy == "DIRECT" else {"http": proxy})
         opener = urllib.request.build_opener(handler)
         try:
             request = urllib.request.Request(url, method="HEAD")  # noqa: S310 - http(s) only
-            with opener.open(request, timeout=LOOKUP_TIMEOUT):
+            with opener.open(request, timeout=left):
                 return 200
         except urllib.error.HTTPError as exc:
             return exc.code
@@ -146,8 +149,8 @@ def _status(url: str, proxies: list[str]) -> int | None:
     return None
 
 
-def _all_missing(urls: list[str], suffix: str, proxies: list[str]) -> bool:
-    statuses = [_status(url + suffix, proxies) for url in urls]
+def _all_missing(urls: list[str], suffix: str, proxies: list[str], deadline: float) -> bool:
+    statuses = [_status(url + suffix, proxies, deadline) for url in urls]
     return bool(statuses) and all(status == 404 for status in statuses)
 
 
@@ -167,8 +170,10 @@ def missing(spec: VolumeSpec, output: str, settings: dict[str, str]) -> str | No
                 "has no CVMFS_SERVER_URL for it)")  # fmt: skip
     first_group = settings.get("CVMFS_HTTP_PROXY", "DIRECT").split(";")[0]
     proxies = [p.strip() for p in first_group.split("|") if p.strip()] or ["DIRECT"]
-    if _all_missing(urls, "/.cvmfspublished", proxies):
+    deadline = time.monotonic() + LOOKUP_TIMEOUT
+    if _all_missing(urls, "/.cvmfspublished", proxies, deadline):
         return f"repository {repo} does not exist on {', '.join(urls)}"
-    if spec.hash and _all_missing(urls, f"/data/{spec.hash[:2]}/{spec.hash[2:]}C", proxies):
+    catalog = f"/data/{spec.hash[:2]}/{spec.hash[2:]}C" if spec.hash else ""
+    if catalog and _all_missing(urls, catalog, proxies, deadline):
         return f"repository {repo} has no revision with root hash {spec.hash}"
     return None
