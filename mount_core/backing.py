@@ -29,6 +29,7 @@ from mount_core.consumer import Consumer
 from mount_core.errors import HepvolError, MountFailed, StateError
 from mount_core.kernel import Kernel
 from mount_core.ledger import BackingRow, ConsumerRow, Ledger
+from mount_core.ledger_schema import BackingState, ConsumerState
 from mount_core.locks import LockDir
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
@@ -36,9 +37,6 @@ from mount_core.probe import Condition, ProbeResult
 from mount_core.spec import VolumeSpec
 
 log = logging.getLogger("hepvol.core")
-
-MOUNTED, MOUNTING, UNMOUNTING = "mounted", "mounting", "unmounting"
-BINDING, ACTIVE, RELEASING = "binding", "active", "releasing"
 
 
 def serving_path(backing_path: str, subpath: str) -> str:
@@ -94,7 +92,7 @@ class BackingService:
         """The backing row of ``key`` when the ledger records it as mounted."""
         row = self.ledger.backing(key)
         # A row without its definition (rebuilt after the ledger was lost) goes through ensure().
-        return row if row is not None and row.state == MOUNTED and row.spec else None
+        return row if row is not None and row.state == BackingState.MOUNTED and row.spec else None
 
     def live_entry(self, backend: str, path: str, table: MountTable) -> MountEntry | None:
         """The mount ``path`` really reaches when it is one ``backend`` made, mounted there.
@@ -123,7 +121,7 @@ class BackingService:
             # Rebuilt from the mount table after the ledger was lost: now its definition is known.
             self.ledger.put_backing(row.key, row.backend, spec.to_public(), row.path, row.state)
             row = self.ledger.backing(spec.key)
-        if row is not None and row.state == MOUNTED:
+        if row is not None and row.state == BackingState.MOUNTED:
             if self.is_ours(row, self.table()):
                 return row
             event(log, "backing mount not reachable at its path: mounting it again",
@@ -139,7 +137,7 @@ class BackingService:
         if entry is not None and os.path.basename(path) == spec.key:
             event(log, "adopting existing backing mount", volume=spec.key, path=path)
         else:
-            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTING,
+            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, BackingState.MOUNTING,
                                     boot_id=self.kernel.boot_id())  # fmt: skip
             try:
                 rootdirs.mount_point(path)
@@ -153,7 +151,9 @@ class BackingService:
             if row is not None:
                 # It replaces one that died (a repair that failed to remount).
                 self.ledger.new_generation(spec.key, self.kernel.boot_id())
-        self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, MOUNTED)
+        self.ledger.put_backing(
+            spec.key, backend.name, spec.to_public(), path, BackingState.MOUNTED
+        )
         if row is not None and self.ledger.count(spec.key):
             # Mounted again after a repair failed: its targets still hold the dead mount.
             fresh = self.ledger.backing(spec.key)
@@ -170,7 +170,7 @@ class BackingService:
 
     def unmount(self, row: BackingRow) -> None:
         """Unmount a backing mount that has no consumers and forget it (exclusive lock)."""
-        self.ledger.set_backing_state(row.key, UNMOUNTING)
+        self.ledger.set_backing_state(row.key, BackingState.UNMOUNTING)
         self.backends.named(row.backend).unmount(row.path)
         self._remove_mount_dir(row.path)
         self.ledger.delete_backing(row.key)
@@ -194,10 +194,10 @@ class BackingService:
             )
         with contextlib.suppress(OSError):
             self.kernel.unmount(row.path, lazy=True)
-        self.ledger.set_backing_state(row.key, MOUNTING)
+        self.ledger.set_backing_state(row.key, BackingState.MOUNTING)
         rootdirs.mount_point(row.path)
         backend.mount(backend.revive(row.spec, row.key), row.path)
-        self.ledger.put_backing(row.key, row.backend, row.spec, row.path, MOUNTED)
+        self.ledger.put_backing(row.key, row.backend, row.spec, row.path, BackingState.MOUNTED)
         generation = self.ledger.new_generation(row.key, self.kernel.boot_id())
         event(log, "remounted", volume=row.key, path=row.path, generation=generation)
 
@@ -274,7 +274,7 @@ class BackingService:
             try:
                 row_id = self.ledger.add_consumer(
                     spec.key, consumer.id, consumer.kind, target=target,
-                    subpath=spec.subpath, readonly=readonly, state=BINDING,
+                    subpath=spec.subpath, readonly=readonly, state=ConsumerState.BINDING,
                     created_target=opened.created, info=consumer.info,
                 )  # fmt: skip
             except BaseException:
@@ -294,7 +294,7 @@ class BackingService:
                     f"cannot bind {spec.source} onto {target}: {exc.strerror}"
                 ) from None
         try:
-            self.ledger.set_consumer_state(row_id, ACTIVE)
+            self.ledger.set_consumer_state(row_id, ConsumerState.ACTIVE)
         except StateError:
             # Not recorded as done, so not done: take the bind down again.
             self.unbind(target, remove_dir=opened.created)
@@ -325,8 +325,8 @@ class BackingService:
         assert consumer.target is not None
         table = self.table() if table is None else table
         if self.serves(backing, consumer.target, table, consumer.subpath):
-            if consumer.state != ACTIVE:
-                self.ledger.set_consumer_state(consumer.id, ACTIVE)
+            if consumer.state != ConsumerState.ACTIVE:
+                self.ledger.set_consumer_state(consumer.id, ConsumerState.ACTIVE)
             return False
         # The source first: if the new mount lacks it, the target keeps what it has (a
         # dead mount answers I/O errors), rather than being emptied and left so.
@@ -337,7 +337,7 @@ class BackingService:
             with targets.open_target(consumer.target, roots, create=False) as opened:
                 self._bind_from(backing, source.fd, opened.fd, consumer.readonly)
         self._check_served(backing, consumer.subpath, consumer.target)
-        self.ledger.set_consumer_state(consumer.id, ACTIVE)
+        self.ledger.set_consumer_state(consumer.id, ConsumerState.ACTIVE)
         return True
 
     def serve_targets(self, backing: BackingRow) -> list[str]:
@@ -363,7 +363,7 @@ class BackingService:
         Returns how many consumers its backing mount has left (-1: already gone).
         """
         if row.target is not None:
-            self.ledger.set_consumer_state(row.id, RELEASING)
+            self.ledger.set_consumer_state(row.id, ConsumerState.RELEASING)
             try:
                 self.unbind(row.target, remove_dir=row.created_target)
             except OSError as exc:

@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from mount_core.backing import MOUNTED, MOUNTING
+from mount_core.ledger_schema import BackingState
 from mount_core.logs import event
 from mount_core.probe import Condition, ProbeResult
 from mount_core.reconcile import Reconciler
@@ -40,7 +40,9 @@ class HealthMonitor:
         for row in ledger.backings():
             held = ledger.count(row.key) > 0
             # A held row still "mounting" is one whose repair failed: try again.
-            if row.state != MOUNTED and not (row.state == MOUNTING and held):
+            if row.state != BackingState.MOUNTED and not (
+                row.state == BackingState.MOUNTING and held
+            ):
                 continue
             result = self.service.probe(row, table)
             results[row.key] = result

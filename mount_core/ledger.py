@@ -35,7 +35,14 @@ from typing import Any
 from mount_core import ledger_file
 from mount_core.errors import Busy, Conflict, StateError
 from mount_core.ledger_file import RECOVERED as RECOVERED
-from mount_core.ledger_schema import MIGRATIONS, SCHEMA_VERSION, backing_row, consumer_row
+from mount_core.ledger_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    BackingState,
+    ConsumerState,
+    backing_row,
+    consumer_row,
+)
 from mount_core.ledger_schema import BackingRow as BackingRow
 from mount_core.ledger_schema import ConsumerRow as ConsumerRow
 from mount_core.ledger_schema import VolumeRow as VolumeRow
@@ -172,7 +179,7 @@ class Ledger:
         backend: str,
         spec: dict[str, Any],
         path: str,
-        state: str,
+        state: BackingState,
         boot_id: str = "",
     ) -> None:
         with self.transaction() as db:
@@ -205,7 +212,7 @@ class Ledger:
                 db.execute("UPDATE consumers SET generation = ? WHERE key = ?", (generation, key))
             return generation
 
-    def set_backing_state(self, key: str, state: str) -> None:
+    def set_backing_state(self, key: str, state: BackingState) -> None:
         with self.transaction() as db:
             db.execute("UPDATE backing_mounts SET state = ? WHERE key = ?", (state, key))
 
@@ -238,7 +245,7 @@ class Ledger:
         target: str | None = None,
         subpath: str = "",
         readonly: bool = True,
-        state: str = "active",
+        state: ConsumerState = ConsumerState.ACTIVE,
         created_target: bool = False,
         info: dict[str, Any] | None = None,
     ) -> int:
@@ -286,7 +293,7 @@ class Ledger:
                 (consumer, kind, json.dumps(info, sort_keys=True), row_id, RECOVERED),
             )
 
-    def set_consumer_state(self, row_id: int, state: str) -> None:
+    def set_consumer_state(self, row_id: int, state: ConsumerState) -> None:
         with self.transaction() as db:
             db.execute("UPDATE consumers SET state = ? WHERE id = ?", (state, row_id))
 

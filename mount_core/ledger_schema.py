@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 2
@@ -55,13 +56,29 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+class BackingState(StrEnum):
+    """Where a backing mount is in its life (``backings.state``)."""
+
+    MOUNTING = "mounting"  # recorded before the mount is made: never taken for an orphan
+    MOUNTED = "mounted"
+    UNMOUNTING = "unmounting"
+
+
+class ConsumerState(StrEnum):
+    """Where a consumer's hold is in its life (``consumers.state``)."""
+
+    BINDING = "binding"  # recorded before its target is bound
+    ACTIVE = "active"
+    RELEASING = "releasing"  # its target is being unbound; reconcile finishes the job
+
+
 @dataclass
 class BackingRow:
     key: str
     backend: str
     spec: dict[str, Any]
     path: str
-    state: str
+    state: BackingState
     created_at: float
     idle_since: float | None
     condition: str
@@ -80,7 +97,7 @@ class ConsumerRow:
     target: str | None
     subpath: str
     readonly: bool
-    state: str
+    state: ConsumerState
     created_target: bool
     info: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
@@ -98,6 +115,7 @@ class VolumeRow:
 def backing_row(row: sqlite3.Row) -> BackingRow:
     data = dict(row)
     data["spec"] = json.loads(data["spec"])
+    data["state"] = BackingState(data["state"])
     return BackingRow(**data)
 
 
@@ -106,4 +124,5 @@ def consumer_row(row: sqlite3.Row) -> ConsumerRow:
     data["info"] = json.loads(data["info"])
     data["readonly"] = bool(data["readonly"])
     data["created_target"] = bool(data["created_target"])
+    data["state"] = ConsumerState(data["state"])
     return ConsumerRow(**data)

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 
 from mount_core import rootdirs, targets
 from mount_core.backends import Backends
-from mount_core.backing import ACTIVE, BackingService, serving_path
+from mount_core.backing import BackingService, serving_path
 from mount_core.config import Config
 from mount_core.consumer import Consumer, stale, stale_message
 from mount_core.errors import Conflict, HepvolError, MountFailed, NotFound
 from mount_core.kernel import Kernel
 from mount_core.ledger import RECOVERED, Ledger
 from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions answer
+from mount_core.ledger_schema import ConsumerState
 from mount_core.logs import event
 from mount_core.probe import Condition
 from mount_core.spec import VolumeSpec
@@ -225,7 +226,7 @@ class MountManager:
             return False
         if existing is None:
             self.service.bind_new(spec, consumer, target, readonly, backing)
-        elif existing.state != ACTIVE or not self.service.serves(
+        elif existing.state != ConsumerState.ACTIVE or not self.service.serves(
             backing, target, table, spec.subpath
         ):
             # Published before, but a crash or a failed repair left it half made.

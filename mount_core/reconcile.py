@@ -16,9 +16,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from mount_core.backing import MOUNTED, RELEASING, BackingService
+from mount_core.backing import BackingService
 from mount_core.errors import HepvolError, InvalidTarget
 from mount_core.ledger import RECOVERED, BackingRow
+from mount_core.ledger_schema import BackingState, ConsumerState
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.probe import Condition
@@ -71,7 +72,7 @@ class Reconciler:
         """Forget consumers whose release was interrupted or whose target is gone."""
         for consumer in self.ledger.consumers(row.key):
             gone = consumer.target is not None and not _target_exists(consumer.target, table)
-            if consumer.state != RELEASING and not gone:
+            if consumer.state != ConsumerState.RELEASING and not gone:
                 continue
             if consumer.target is not None:
                 with contextlib.suppress(OSError):
@@ -93,8 +94,8 @@ class Reconciler:
         if self.service.probe(row, table).dead:
             self.service.remount(row)
             report.remounted.append(row.key)
-        elif row.state != MOUNTED:
-            self.ledger.set_backing_state(row.key, MOUNTED)
+        elif row.state != BackingState.MOUNTED:
+            self.ledger.set_backing_state(row.key, BackingState.MOUNTED)
             report.adopted.append(row.key)
 
     def _rebind(self, row: BackingRow, report: Report) -> None:
@@ -244,7 +245,9 @@ class Reconciler:
                 continue
             key = os.path.basename(entry.mount_point)
             if self.ledger.backing(key) is None:
-                self.ledger.put_backing(key, owner.name, {}, entry.mount_point, MOUNTED)
+                self.ledger.put_backing(
+                    key, owner.name, {}, entry.mount_point, BackingState.MOUNTED
+                )
                 report.adopted.append(key)
             found[entry.device] = entry
         return found

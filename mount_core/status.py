@@ -13,6 +13,7 @@ from typing import Any
 
 from mount_core.consumer import stale
 from mount_core.ledger import Ledger
+from mount_core.ledger_schema import BackingState
 from mount_core.mountinfo import MountTable
 from mount_core.probe import Condition
 
@@ -79,7 +80,7 @@ def collect(ledger: Ledger, table: MountTable | None = None) -> list[BackingStat
         mounted = table.at(row.path) is not None
         condition, message = row.condition, row.message
         # While the health loop repairs a volume it is briefly unmounted: say why.
-        if row.state == "mounted" and not mounted and condition != Condition.REPAIRING:
+        if row.state == BackingState.MOUNTED and not mounted and condition != Condition.REPAIRING:
             condition, message = Condition.FAILED, "not mounted"
         result.append(
             BackingStatus(
