@@ -61,11 +61,14 @@ class Server(Protocol):
 
 def add_metrics_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
     """``--metrics-port``/``--metrics-address``, the same for every daemon."""
-    parser.add_argument("--metrics-port", type=int, default=default_port,
-                        help=f"serve Prometheus metrics on this TCP port "
-                        f"(default {default_port}; 0 = off)")  # fmt: skip
-    parser.add_argument("--metrics-address", default="0.0.0.0",  # noqa: S104 - scraped from other hosts
-                        help="address of the metrics listener (default all interfaces)")  # fmt: skip
+    parser.add_argument(
+        "--metrics-port", type=int, default=default_port,
+        help=f"serve Prometheus metrics on this TCP port (default {default_port}; 0 = off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-address", default="0.0.0.0",  # noqa: S104 - scraped from other hosts
+        help="address of the metrics listener (default all interfaces)",
+    )  # fmt: skip
 
 
 def _metrics_refusal(address: str, port: int, exc: OSError) -> ConfigError:

@@ -137,8 +137,8 @@ class BackingService:
         if entry is not None and os.path.basename(path) == spec.key:
             event(log, "adopting existing backing mount", volume=spec.key, path=path)
         else:
-            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path, BackingState.MOUNTING,
-                                    boot_id=self.kernel.boot_id())  # fmt: skip
+            self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path,
+                                    BackingState.MOUNTING, boot_id=self.kernel.boot_id())  # fmt: skip
             try:
                 rootdirs.mount_point(path)
                 backend.mount(spec, path)

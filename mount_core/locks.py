@@ -134,7 +134,8 @@ class LockDir:
     """The directory holding one lock file per spec key."""
 
     def __init__(self, state_dir: str) -> None:
-        self.path = StateDir(state_dir).locks
+        self.state = StateDir(state_dir)
+        self.path = self.state.locks
         rootdirs.ensure(self.path, "lock directory", 0o700)
 
     @contextmanager
@@ -149,7 +150,7 @@ class LockDir:
         if not local.acquire(shared, timeout):
             raise Busy(f"another operation on {key} is in progress; try again")
         try:
-            path = os.path.join(self.path, key + ".lock")
+            path = self.state.lock_file(key)
             fd = lock_file(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline, key)
             try:
                 yield
@@ -165,4 +166,4 @@ class LockDir:
         opened the old file notices and locks the new one (:func:`lock_file`).
         """
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.path, key + ".lock"))
+            os.unlink(self.state.lock_file(key))

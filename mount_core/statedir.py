@@ -10,9 +10,11 @@ same for each directory in it. Nothing else joins paths under ``state_dir``.
 Layout::
 
     ledger.db              the ledger (SQLite WAL: also -wal, -shm)
-    locks/<key>.lock       one per volume, while it has consumers (mount_core.locks)
+    locks/<key>.lock       one per volume (and target), removed with it (mount_core.locks)
     run/<name>.pid         the local backend's FUSE servers; <name>.starting while one starts
-    logs/                  FUSE servers' logs (localfs-<name>.log) and flexvolume.log
+                           (removed with their mount); docker-<driver>.lead, .reconciled
+    logs/                  FUSE servers' logs (localfs-<name>.log, removed with their
+                           mount) and flexvolume.log (rotated: mount_core.logs)
     credentials/           named volumes' credentials (mount_core.credentials) and the
                            credential stores of private eosxd mounts (<key>/)
     eos/<key>/             eosxd caches
@@ -45,7 +47,7 @@ class StateDir:
     path: str
 
     def ensure(self) -> StateDir:
-        """Create the state dir 0700 if missing; refuse one that someone other than root can write."""
+        """Create the state dir 0700 if missing; refuse one that others than root can write."""
         _ensure(self.path, "state directory")
         return self
 
@@ -86,3 +88,23 @@ class StateDir:
     @property
     def relay_socket(self) -> str:
         return os.path.join(self.path, "flexvolume.sock")
+
+    # The files of one volume: made and removed by their one owner, named only here.
+
+    def lock_file(self, key: str) -> str:
+        """``locks/<key>.lock``: held while the volume is changed; removed with the volume
+        (:meth:`mount_core.locks.LockDir.discard`)."""
+        return os.path.join(self.locks, f"{key}.lock")
+
+    def server_pidfile(self, name: str) -> str:
+        """``run/<name>.pid``: the embedded FUSE server of mount point ``name``; written by
+        the server once it serves, removed when it is stopped (``backends/local.py``)."""
+        return os.path.join(self.run, f"{name}.pid")
+
+    def server_starting(self, name: str) -> str:
+        """``run/<name>.starting``: locked while that server starts; removed with its mount."""
+        return os.path.join(self.run, f"{name}.starting")
+
+    def server_log(self, name: str) -> str:
+        """``logs/localfs-<name>.log``: that server's log; removed with its mount."""
+        return os.path.join(self.logs, f"localfs-{name}.log")

@@ -46,9 +46,9 @@ class LocalBackend(Backend):
     def __init__(self, mount_root: str, root: str, state_dir: str, timeout: float) -> None:
         super().__init__(mount_root)
         self.root = root
-        state = StateDir(state_dir)
-        self.run_dir = state.run
-        self.log_dir = state.logs
+        self.state = StateDir(state_dir)
+        self.run_dir = self.state.run
+        self.log_dir = self.state.logs
         self.timeout = timeout
 
     def check_spec(self, spec: VolumeSpec) -> None:
@@ -87,13 +87,13 @@ class LocalBackend(Backend):
         return path
 
     def _log_path(self, path: str) -> str:
-        return os.path.join(self.log_dir, f"localfs-{os.path.basename(path)}.log")
+        return self.state.server_log(os.path.basename(path))
 
     def pidfile(self, path: str) -> str:
-        return os.path.join(self.run_dir, os.path.basename(path) + ".pid")
+        return self.state.server_pidfile(os.path.basename(path))
 
     def _starting_path(self, path: str) -> str:
-        return self.pidfile(path)[: -len(".pid")] + ".starting"
+        return self.state.server_starting(os.path.basename(path))
 
     @contextlib.contextmanager
     def _starting(self, path: str) -> Iterator[int]:
