@@ -216,22 +216,23 @@ class Reconciler:
             roots = self.service.config.target_roots
             if backing is None or not any(_below(entry.mount_point, r) for r in roots):
                 continue
-            if self.ledger.consumer_at(entry.mount_point) is None:
-                subpath = os.path.relpath(entry.root, backing.root).removeprefix(".")
-                self.ledger.add_consumer(
-                    os.path.basename(backing.mount_point), f"{RECOVERED}:{entry.mount_point}",
-                    RECOVERED, target=entry.mount_point, subpath=subpath,
-                    readonly=entry.readonly,
-                )  # fmt: skip
-                report.adopted.append(entry.mount_point)
+            inside = os.path.relpath(entry.root, backing.root)
+            if inside.startswith("..") or self.ledger.consumer_at(entry.mount_point) is not None:
+                continue
+            self.ledger.add_consumer(
+                os.path.basename(backing.mount_point), f"{RECOVERED}:{entry.mount_point}",
+                RECOVERED, target=entry.mount_point, subpath="" if inside == "." else inside,
+                readonly=entry.readonly,
+            )  # fmt: skip
+            report.rebound.append(entry.mount_point)
         for backing in found.values():
             key = os.path.basename(backing.mount_point)
             if not self.ledger.count(key):
                 self.ledger.add_consumer(key, f"{RECOVERED}:{key}", RECOVERED)
         if found:
             event(log, "the ledger was lost while mounts of ours were up: rebuilt it from the "
-                  f"mount table ({len(found)} backing mounts, {len(report.adopted) - len(found)} "
-                  "targets); their volumes show as 'recovered' until published again",
+                  f"mount table ({len(found)} backing mounts, {len(report.rebound)} targets); "
+                  "their consumers show as 'recovered' until published again",
                   level=logging.ERROR)  # fmt: skip
         return report
 
