@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+from mount_core import cgroups
 from mount_core.errors import ConfigError
 from mount_core.statedir import StateDir
 
@@ -106,8 +107,12 @@ class Config:
             raise ConfigError(
                 f"log_level is {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}"
             )
-        for directory in self.server_cgroups:
-            _absolute("server_cgroups", directory)
+        for item in self.server_cgroups:
+            if not cgroups.NAME.fullmatch(item) and not _is_absolute(item):
+                raise ConfigError(
+                    f"server_cgroups entry {item!r} is neither an absolute cgroup directory "
+                    "nor a cgroup name (letters, digits, '.', '_', '-')"
+                )
         for name in ("idle_unmount_seconds", "health_interval_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more")
@@ -117,8 +122,12 @@ class Config:
         return self
 
 
+def _is_absolute(value: str) -> bool:
+    return value.startswith("/") and "\x00" not in value and "\n" not in value
+
+
 def _absolute(name: str, value: str) -> None:
-    if not value.startswith("/") or "\x00" in value or "\n" in value:
+    if not _is_absolute(value):
         raise ConfigError(f"{name} must be an absolute path, got {value!r}")
 
 
