@@ -163,6 +163,7 @@ def test_node_config_is_accepted_by_hepvol(values: str | None, tmp_path: Path) -
     chosen = values_of(values)
     assert loaded.target_roots == (chosen["kubeletDir"].rstrip("/") + "/pods",)
     assert loaded.state_dir == chosen["hepvol"]["stateDir"]
+    assert loaded.server_cgroups == (chosen["hepvol"]["serverCgroup"],)
     assert loaded.cvmfs.automount is chosen["cvmfs"]["automount"]
     assert [dict(i) for i in loaded.eos.instances] == chosen["eos"]["instances"]
     assert sorted(eos_config.parse_instances(loaded.eos.instances)) == sorted(
@@ -194,11 +195,35 @@ def test_node_daemons_share_mounts_with_the_host(values: str | None) -> None:
         assert pod["priorityClassName"] == "system-node-critical"
         assert pod["tolerations"] == chosen["node"]["tolerations"]
         assert ds["spec"]["updateStrategy"]["type"] == chosen["node"]["updateStrategy"]["type"]
-        serves_eos = "eos-node" in name or (
-            "flexvolume" in name and chosen["drivers"]["eos"]["enabled"]
-        )
-        assert pod.get("hostPID", False) is serves_eos, name
+        # FUSE servers must not die with the pod's PID namespace (and eosxd reads /proc).
+        assert pod["hostPID"] is True, name
     assert found
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_node_daemons_hold_no_hidden_copies_and_start_servers_outside_the_pod(
+    values: str | None,
+) -> None:
+    """Mounts under a hostPath mounted without propagation are copied into the pod at
+    its start and kept there after the host unmounts them: the mount root and the
+    pods dir must lie under no such mount. FUSE servers go to the host's cgroup."""
+    for name, ds, chosen in _node_daemonsets(values):
+        hepvol = containers(ds)["hepvol"]
+        private = [m["mountPath"].rstrip("/") + "/" for m in hepvol["volumeMounts"]
+                   if m.get("mountPropagation") != "Bidirectional"]  # fmt: skip
+        kubelet = chosen["kubeletDir"].rstrip("/")
+        for shared in (f"{kubelet}/pods", chosen["hepvol"]["mountRoot"]):
+            assert not [p for p in private if shared.startswith(p)], (name, shared, private)
+        mounts = {m["mountPath"]: m["name"] for m in hepvol["volumeMounts"]}
+        host = {v["name"]: v.get("hostPath", {}).get("path") for v in
+                ds["spec"]["template"]["spec"]["volumes"]}  # fmt: skip
+        assert host[mounts["/host/sys/fs/cgroup"]] == "/sys/fs/cgroup", name
+    (config_map,) = [d for d in by_kind(objects(render(values)), "ConfigMap")
+                     if d["metadata"]["name"] == "hepvol-config"]  # fmt: skip
+    assert (
+        f'server_cgroups = ["{chosen["hepvol"]["serverCgroup"]}"]'
+        in config_map["data"]["config.toml"]
+    )
 
 
 @pytest.mark.parametrize("values", VALUES)
@@ -276,6 +301,8 @@ def test_example_pods_see_repairs_through_host_to_container_propagation() -> Non
         ("hepvol.statedir=/srv/hepvol", "'statedir' not allowed"),
         ("eos.instances[0].name=CMS", "/eos/instances/0"),
         ("node.updateStrategy.type=Recreate", "/node/updateStrategy/type"),
+        ("hepvol.mountRoot=/var/lib/hepvol/mounts", "must lie outside hepvol.stateDir"),
+        ("hepvol.serverCgroup=../x", "/hepvol/serverCgroup"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(setting: str, named: str) -> None:

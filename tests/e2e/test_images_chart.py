@@ -105,6 +105,9 @@ def chart_node(dockerd: Dockerd, node_image: str, hepvol_env: HepvolEnv) -> Iter
         f"kubeletDir={kubelet}", f"hepvol.stateDir={config.state_dir}",
         f"hepvol.mountRoot={config.mount_root}", f"local.root={hepvol_env.repos}",
         "cvmfs.client=local", f"cvmfs.cacheDir={world / 'cvmfs-cache'}",
+        # docker run has no hostPID: FUSE servers die with the container here, as with
+        # no serverCgroup (tests/k8s shows them outliving the pod on a real kubelet).
+        "hepvol.serverCgroup=",
     ]))  # fmt: skip
     docs = objects(text)
     scratch = world / "configmaps"

@@ -50,8 +50,14 @@ app.kubernetes.io/component: {{ .component }}
 toJson, which yields valid TOML basic strings.
 */}}
 {{- define "hepvol.configToml" -}}
+{{- $state := printf "%s/" (trimSuffix "/" .Values.hepvol.stateDir) -}}
+{{- $mounts := printf "%s/" (trimSuffix "/" .Values.hepvol.mountRoot) -}}
+{{- if or (hasPrefix $state $mounts) (hasPrefix $mounts $state) -}}
+{{- fail (printf "hepvol.mountRoot (%s) must lie outside hepvol.stateDir (%s) and not contain it: the node pod would keep hidden copies of the host's mounts; e.g. mountRoot: /var/lib/hepvol-mounts" .Values.hepvol.mountRoot .Values.hepvol.stateDir) -}}
+{{- end -}}
 state_dir = {{ .Values.hepvol.stateDir | toJson }}
 mount_root = {{ .Values.hepvol.mountRoot | toJson }}
+server_cgroups = [{{ with .Values.hepvol.serverCgroup }}{{ . | toJson }}{{ end }}]
 target_roots = [{{ include "hepvol.targetRoot" . | toJson }}]
 idle_unmount_seconds = {{ .Values.hepvol.idleUnmountSeconds }}
 health_interval_seconds = {{ .Values.hepvol.healthIntervalSeconds }}
@@ -88,14 +94,15 @@ client = {{ ternary .Values.eos.client "local" .Values.drivers.eos.enabled | toJ
 {{/*
 Update strategy of the node DaemonSets.
 
-RollingUpdate, one node at a time, is safe because of how hepvol restarts: the
-ledger lives on a hostPath and every bind target lives in the host's mount table
-(Bidirectional propagation), so nothing a consumer holds is owned by the pod
-being replaced. FUSE servers started inside the old pod die with its cgroup; the
-new pod's start-up reconcile() remounts each dead backing mount and re-binds
-every target from the ledger before it serves, and pods that mount their volume
-with mountPropagation: HostToContainer see the repaired mount. A consumer sees a
-short ENOTCONN window, never a lost or stale mount; OnDelete buys nothing.
+RollingUpdate, one node at a time, is safe because nothing a consumer holds is
+owned by the pod being replaced: the ledger lives on a hostPath, every backing
+mount and bind target lives in the host's mount table (Bidirectional
+propagation, mount root outside the state dir so the pod holds no hidden copies
+of them), and the FUSE servers run in the host's PID namespace and in the
+host cgroup hepvol.serverCgroup, so neither the pod's cgroup nor its PID
+namespace takes them along. The new pod's start-up reconcile() adopts them.
+Running pods keep reading through a restart, upgrade, SIGKILL or kubelet
+restart (tests/k8s/test_restarts.py counts the reads); OnDelete buys nothing.
 */}}
 {{- define "hepvol.updateStrategy" -}}
 {{- toYaml .Values.node.updateStrategy -}}

@@ -21,6 +21,11 @@ Called with (dict "root" $ "drivers" (list "cvmfs" "eos")): the drivers it serve
   mountPropagation: Bidirectional
 - name: fuse
   mountPath: /dev/fuse
+{{- if $v.hepvol.serverCgroup }}
+# The host's cgroup hierarchies: FUSE servers move to hepvol.serverCgroup there.
+- name: host-cgroup
+  mountPath: /host/sys/fs/cgroup
+{{- end }}
 {{- if include "hepvol.localRootApart" .root }}
 # The embedded backend's repositories, when they live outside the state dir.
 - name: local-root
@@ -83,6 +88,12 @@ Called with (dict "root" $ "drivers" (list "cvmfs" "eos")): the drivers it serve
   hostPath:
     path: /dev/fuse
     type: CharDevice
+{{- if $v.hepvol.serverCgroup }}
+- name: host-cgroup
+  hostPath:
+    path: /sys/fs/cgroup
+    type: Directory
+{{- end }}
 {{- if include "hepvol.localRootApart" .root }}
 - name: local-root
   hostPath:
