@@ -6,11 +6,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv autofs \
-                util-linux procps iproute2 docker.io busybox-static debootstrap golang-go
+                util-linux procps iproute2 docker.io busybox-static debootstrap golang-go \
+                containerd runc openssl
 PYTEST_ARGS ?=
 
 .PHONY: all setup root apt venv go run test lint bench clean tools manifests image managed-plugin \
-        cvmfs-client install
+        cvmfs-client install k8s-binaries
 
 # Long builds and downloads are cached outside the clone, keyed by version, so a
 # second run on the same machine (CI right after a session) skips them.
@@ -79,8 +80,8 @@ cvmfs-client: root
 
 # The whole suite, in a private mount namespace so that nothing a test mounts can
 # outlive the run on this machine. pytest exits 5 when no test ran: that fails too.
-test: setup lint tools cvmfs-client
-	CSI_SANITY=$(TOOLS)/bin/csi-sanity unshare --mount --propagation private -- $(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+test: setup lint tools cvmfs-client k8s-binaries
+	CSI_SANITY=$(TOOLS)/bin/csi-sanity HEPVOL_K8S_BIN=$(K8S_BIN) unshare --mount --propagation private -- $(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 	unshare --mount --propagation private -- $(PY) -m bench --quick
 
 bench: setup cvmfs-client
@@ -115,6 +116,15 @@ $(TOOLS)/k8s-schemas/$(K8S_VERSION)/.done: deploy/helm/openapi2jsonschema.py $(G
 	$(PYTHON) deploy/helm/openapi2jsonschema.py $$dir/api/openapi-spec/swagger.json $(@D); \
 	echo "k8s.io/kubernetes@$(K8S_VERSION) schemas ready in $$(( $$(date +%s) - start )) s"
 	@touch $@
+
+# The real Kubernetes node of tests/k8s (kubelet, API server, controller manager,
+# scheduler, kubectl, etcd, the CSI sidecars), built with $(GO) into a cache keyed
+# by version from the kit in ../shared/tools/k8s: ~25 min once, then a no-op.
+# containerd and runc are Debian's (APT_PACKAGES).
+K8S_CACHE := $(CACHE)/k8s-$(K8S_VERSION)
+K8S_BIN := $(K8S_CACHE)/bin
+k8s-binaries: $(GO_ROOT)/.done
+	tests/k8s/build-binaries $(K8S_CACHE) $(GO) $(abspath ../shared/tools/k8s)
 
 # Re-render deploy/kubernetes/ after changing the chart.
 manifests: tools

@@ -135,6 +135,25 @@ def dockerd() -> Iterator[Dockerd]:
     yield from run_engine()
 
 
+#: The node image: built once per run (tests/e2e and tests/k8s share it).
+NODE_IMAGE = "hepvol-node:local"
+
+
+@pytest.fixture(scope="session")
+def node_image(dockerd: Dockerd, request: pytest.FixtureRequest) -> str:
+    """``images/local/build`` into the run's engine (the Debian base is cached in .tools/)."""
+    result = subprocess.run([str(REPO / "images" / "local" / "build"), NODE_IMAGE],
+                            env=dockerd.env(), capture_output=True, text=True, timeout=900,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, f"image build failed:\n{result.stdout}\n{result.stderr}"
+    # Size and build time go to the terminal, past pytest's capture.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        for line in result.stdout.splitlines():
+            print(f"\n[images/local/build] {line}")
+    return NODE_IMAGE
+
+
 @pytest.fixture
 def hepvol_env(tmp_path: Path) -> Iterator[HepvolEnv]:
     workdir = tmp_path / "world"

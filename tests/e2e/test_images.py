@@ -2,8 +2,8 @@
 
 ``images/local/build`` makes the image in the test engine (Debian base from
 debootstrap, cached under .tools/; hepvol from host-built wheels); the
-session fixture ``node_image`` (tests/e2e/conftest.py) builds it once per run for this
-module, test_managed_plugin.py and test_images_chart.py. Then:
+session fixture ``node_image`` (tests/conftest.py) builds it once per run for this
+module, test_managed_plugin.py, test_images_chart.py and tests/k8s/. Then:
 - the image holds hepvol for every front and no compiler;
 - the Docker plugin runs from the image as a container sharing its socket dir
   and mount root with the host (``rshared``), and ``docker run -v
