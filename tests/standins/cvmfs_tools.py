@@ -103,7 +103,8 @@ def _start(
             f"CernVM-FS: loading Fuse module... {line}", 32 if tool == "mount.cvmfs" else code
         )
     cache = values.get("CVMFS_CACHE_BASE")
-    holder = common.control() / "caches" / (cache or "").replace("/", "%")
+    # The real client locks a repository in its cache (lock.<repo>): one per both.
+    holder = common.control() / "caches" / f"{(cache or '').replace('/', '%')}%{fqrn}"
     if cache and holder.exists() and common.is_mounted(holder.read_text()):
         # The real cvmfs2 on a cache another cvmfs2 holds: says so and exits 0.
         print(f"CernVM-FS: repository {fqrn} already mounted on {holder.read_text()}")
