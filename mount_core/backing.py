@@ -44,6 +44,18 @@ def serving_path(backing_path: str, subpath: str) -> str:
     return os.path.join(backing_path, subpath) if subpath else backing_path
 
 
+class BackingUnreachable(MountFailed):
+    """A backing mount recorded as mounted whose path does not reach it: mount it again."""
+
+
+def _bound_to(live: MountEntry | None, bound: MountEntry | None, target: str, subpath: str) -> bool:
+    """True when ``bound`` (what ``target`` reaches) is a bind of ``live`` at ``subpath``."""
+    if live is None or bound is None or bound.mount_point != target:
+        return False
+    root = os.path.normpath(os.path.join(live.root, subpath)) if subpath else live.root
+    return bound.device == live.device and bound.root == root
+
+
 class BackingService:
     """Backing mounts and their targets, for one process."""
 
@@ -94,19 +106,23 @@ class BackingService:
         # A row without its definition (rebuilt after the ledger was lost) goes through ensure().
         return row if row is not None and row.state == BackingState.MOUNTED and row.spec else None
 
-    def live_entry(self, backend: str, path: str, table: MountTable) -> MountEntry | None:
+    def live_entry(
+        self, backend: str, path: str, table: MountTable | None = None
+    ) -> MountEntry | None:
         """The mount ``path`` really reaches when it is one ``backend`` made, mounted there.
 
         A mountinfo row at ``path`` alone proves nothing: a mount over a parent
         (a container's state volume, a hidden copy) leaves the row and shows an
         empty directory at the path.
         """
-        entry = self.kernel.resolve(path, table)
+        return self._owned(backend, path, self.kernel.resolve(path, table))
+
+    def _owned(self, backend: str, path: str, entry: MountEntry | None) -> MountEntry | None:
         if entry is None or entry.mount_point != path:
             return None
         return entry if self.backends.named(backend).owns(entry) else None
 
-    def is_ours(self, row: BackingRow, table: MountTable) -> bool:
+    def is_ours(self, row: BackingRow, table: MountTable | None = None) -> bool:
         """True when ``row.path`` reaches the backing mount of ``row`` made by its backend."""
         return self.live_entry(row.backend, row.path, table) is not None
 
@@ -122,7 +138,7 @@ class BackingService:
             self.ledger.put_backing(row.key, row.backend, spec.to_public(), row.path, row.state)
             row = self.ledger.backing(spec.key)
         if row is not None and row.state == BackingState.MOUNTED:
-            if self.is_ours(row, self.table()):
+            if self.is_ours(row):
                 return row
             event(log, "backing mount not reachable at its path: mounting it again",
                   volume=spec.key, path=row.path, level=logging.WARNING)  # fmt: skip
@@ -133,7 +149,7 @@ class BackingService:
             return fresh
         backend = self.backends.for_spec(spec)
         path = backend.path_for(spec)
-        entry = self.live_entry(backend.name, path, self.table())
+        entry = self.live_entry(backend.name, path)
         if entry is not None and os.path.basename(path) == spec.key:
             event(log, "adopting existing backing mount", volume=spec.key, path=path)
         else:
@@ -236,7 +252,9 @@ class BackingService:
 
     # Targets ------------------------------------------------------------------------
 
-    def serves(self, row: BackingRow, target: str, table: MountTable, subpath: str = "") -> bool:
+    def serves(
+        self, row: BackingRow, target: str, table: MountTable | None = None, subpath: str = ""
+    ) -> bool:
         """True when ``target`` reaches a bind of the live backing mount of ``row``.
 
         Decided from what both paths really reach (never from the rows at them): the
@@ -244,16 +262,24 @@ class BackingService:
         ``subpath``). A bind of another spec's mount, of a dead mount since
         replaced, or one hidden by a mount over the target's parent is not serving.
         """
-        backing = self.live_entry(row.backend, row.path, table)
-        bound = self.kernel.resolve(target, table)
-        if backing is None or bound is None or bound.mount_point != target:
-            return False
-        root = os.path.normpath(os.path.join(backing.root, subpath)) if subpath else backing.root
-        return bound.device == backing.device and bound.root == root
+        if table is None:
+            live, bound = self.kernel.reach([row.path, target])
+        else:
+            live, bound = self.kernel.resolve(row.path, table), self.kernel.resolve(target, table)
+        return _bound_to(self._owned(row.backend, row.path, live), bound, target, subpath)
 
     def _check_served(self, backing: BackingRow, subpath: str, target: str) -> None:
-        """After a bind: the target must reach it, or the bind was no use to anyone."""
-        if not self.serves(backing, target, self.table(), subpath):
+        """After a bind, with one read of the mount table: the target must reach the live
+        backing mount. :class:`BackingUnreachable` when the backing mount's own path no
+        longer reaches it (the bind showed an empty directory: mount it again)."""
+        live, bound = self.kernel.reach([backing.path, target])
+        owned = self._owned(backing.backend, backing.path, live)
+        if owned is None:
+            raise BackingUnreachable(
+                f"{backing.key} is not reachable at {backing.path} (a mount over it or "
+                "one of its parents hides it, or it is gone)"
+            )
+        if not _bound_to(owned, bound, target, subpath):
             raise MountFailed(
                 f"{target} does not show {backing.key} after binding it: a mount over the "
                 "target or one of its parents hides it; unmount that and retry"
@@ -281,13 +307,15 @@ class BackingService:
                 if opened.created:
                     self.unbind(target, remove_dir=True)
                 raise
+            bound = False
             try:
                 self._bind(backing, spec.subpath, opened.fd, readonly)
+                bound = True
                 self._check_served(backing, spec.subpath, target)
             except (OSError, HepvolError) as exc:
                 self.ledger.delete_consumer(row_id)
-                if opened.created:
-                    self.unbind(target, remove_dir=True)
+                if opened.created or bound:
+                    self.unbind(target, remove_dir=opened.created)
                 if isinstance(exc, HepvolError):
                     raise
                 raise MountFailed(
@@ -336,7 +364,12 @@ class BackingService:
             roots = self.config.target_roots
             with targets.open_target(consumer.target, roots, create=False) as opened:
                 self._bind_from(backing, source.fd, opened.fd, consumer.readonly)
-        self._check_served(backing, consumer.subpath, consumer.target)
+        try:
+            self._check_served(backing, consumer.subpath, consumer.target)
+        except MountFailed:
+            with contextlib.suppress(OSError):
+                self.unbind(consumer.target)  # whatever it shows, it is not the volume
+            raise
         self.ledger.set_consumer_state(consumer.id, ConsumerState.ACTIVE)
         return True
 

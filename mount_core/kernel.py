@@ -32,16 +32,30 @@ class Kernel:
         """A fresh snapshot of this process's mount table."""
         return MountTable()
 
-    def resolve(self, path: str, table: MountTable) -> MountEntry | None:
-        """The row of ``table`` for the mount ``path`` really reaches, never blocking.
+    def resolve(self, path: str, table: MountTable | None = None) -> MountEntry | None:
+        """The mountinfo row of the mount ``path`` really reaches, never blocking.
 
         Not necessarily the row at ``path``: a mount over one of its parents hides
-        that one. None when the path is gone or reaches a mount newer than ``table``.
+        that one. From ``table`` when given (None when the path reaches a mount
+        newer than it), else read afresh. None when the path is gone.
         """
+        if table is None:
+            return self.reach([path])[0]
         try:
             return table.by_id(mountinfo.mount_id_of(path))
         except OSError:
             return None
+
+    def reach(self, paths: list[str]) -> list[MountEntry | None]:
+        """:meth:`resolve` of several paths with one fresh read of the mount table."""
+        ids: list[int | None] = []
+        for path in paths:
+            try:
+                ids.append(mountinfo.mount_id_of(path))
+            except OSError:
+                ids.append(None)
+        found = mountinfo.entries_by_id({i for i in ids if i is not None})
+        return [None if i is None else found.get(i) for i in ids]
 
     def bind(self, source_fd: int, target_fd: int, *, readonly: bool, recursive: bool) -> None:
         """Bind the directory open at ``source_fd`` onto the one open at ``target_fd``.

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 from mount_core import rootdirs, targets
 from mount_core.backends import Backends
-from mount_core.backing import BackingService, serving_path
+from mount_core.backing import BackingService, BackingUnreachable, serving_path
 from mount_core.config import Config
 from mount_core.consumer import Consumer, stale, stale_message
-from mount_core.errors import Conflict, HepvolError, MountFailed, NotFound
+from mount_core.errors import Conflict, HepvolError, NotFound
 from mount_core.kernel import Kernel
 from mount_core.ledger import RECOVERED, Ledger
 from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions answer
@@ -217,20 +217,20 @@ class MountManager:
                     f"({existing.key}, {'read-only' if existing.readonly else 'read-write'})"
                 )
         backing = self.service.ensure(spec) if may_mount else self.service.mounted(spec.key)
-        table = self.service.table()
-        if backing is None or not self.service.is_ours(backing, table):
-            if may_mount:
-                raise MountFailed(f"{spec.source} is not reachable at its mount point "
-                                  "right after mounting it")  # fmt: skip
-            # Not mounted, or its path does not reach its mount: ensure() (exclusive) mounts it.
+        if backing is None:
             return False
-        if existing is None:
-            self.service.bind_new(spec, consumer, target, readonly, backing)
-        elif existing.state != ConsumerState.ACTIVE or not self.service.serves(
-            backing, target, table, spec.subpath
-        ):
-            # Published before, but a crash or a failed repair left it half made.
-            self.service.restore_target(backing, existing)
+        try:
+            if existing is None:
+                self.service.bind_new(spec, consumer, target, readonly, backing)
+            elif existing.state != ConsumerState.ACTIVE or not self.service.serves(
+                backing, target, subpath=spec.subpath
+            ):
+                # Published before, but a crash or a failed repair left it half made.
+                self.service.restore_target(backing, existing)
+        except BackingUnreachable:
+            if may_mount:
+                raise
+            return False  # ensure() (exclusive lock) mounts it again
         return True
 
     def release(self, consumer: Consumer) -> bool:

@@ -77,16 +77,21 @@ class StandinKernel(Kernel):
             self._add(target, backing.device, backing.source, root=root, readonly=readonly)
             self.binds += 1
 
-    def resolve(self, path: str, table: MountTable) -> MountEntry | None:
+    def resolve(self, path: str, table: MountTable | None = None) -> MountEntry | None:
         """The mount ``path`` reaches: the deepest of the mounts at it or at a parent
         that no later mount covers (at the same point or at one of its parents)."""
         path = _resolve(path)
+        table = self.mount_table() if table is None else table
         entries = [e for e in table.entries if _contains(e.mount_point, path)]
         visible = [
             e for i, e in enumerate(entries)
             if not any(_contains(later.mount_point, e.mount_point) for later in entries[i + 1 :])
         ]  # fmt: skip
         return max(visible, key=lambda e: len(e.mount_point), default=None)
+
+    def reach(self, paths: list[str]) -> list[MountEntry | None]:
+        table = self.mount_table()
+        return [self.resolve(path, table) for path in paths]
 
     def unmount(self, path: str, *, lazy: bool = False) -> bool:
         """Unmount what ``path`` reaches when it is mounted exactly there (as umount2)."""

@@ -98,3 +98,17 @@ def test_a_hidden_backing_mount_is_mounted_again_and_never_bound_from(world: Wor
     live = _backing_device(world, SPEC)
     assert _reaches(world, second) == live
     assert _reaches(world, first) == live, "the older target moved to the live mount too"
+
+
+def test_a_bind_of_a_hidden_backing_mount_is_taken_down_from_an_existing_target(
+    world: World,
+) -> None:
+    """The target directory was there before (kubelet made it): the first bind, of the
+    empty directory, must not stay under the good one."""
+    manager = world.manager()
+    first, second = _pod_target(world, "a"), _pod_target(world, "b")
+    manager.publish(SPEC, Consumer("csi", first), first)
+    os.mkdir(second)
+    world.kernel.cover(world.config.mount_root)
+    manager.publish(SPEC, Consumer("csi", second), second)
+    assert [e.device for e in world.kernel.at(second)] == [_backing_device(world, SPEC)]
