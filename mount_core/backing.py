@@ -26,7 +26,7 @@ from mount_core import rootdirs, targets
 from mount_core.backends import Backends
 from mount_core.config import Config
 from mount_core.consumer import Consumer
-from mount_core.errors import HepvolError, MountFailed, StateError
+from mount_core.errors import HepvolError, MountFailed, MountTimeout, StateError
 from mount_core.kernel import Kernel
 from mount_core.ledger import BackingRow, ConsumerRow, Ledger
 from mount_core.ledger_schema import BackingState, ConsumerState
@@ -227,6 +227,10 @@ class BackingService:
 
     def settle(self, key: str) -> None:
         """After consumers left: unmount (or start the idle clock of) an unused backing mount."""
+        if self.ledger.count(key) > 0:
+            # Still used: the last consumer to leave settles it. (Every refused call on
+            # a hung volume would otherwise queue for the exclusive lock.)
+            return
         with self.locked(key):
             row = self.ledger.backing(key)
             if row is None or self.ledger.count(key) > 0:
@@ -331,8 +335,28 @@ class BackingService:
             raise
         event(log, "published", volume=spec.key, consumer=consumer.id, target=target)
 
+    @contextmanager
+    def open_source(self, backing: BackingRow, subpath: str) -> Iterator[targets.OpenTarget]:
+        """Open ``subpath`` inside a backing mount, bounded by ``probe_timeout_seconds``.
+
+        Looking a path up asks the FUSE server. A stopped or hung one never answers,
+        and every other lookup of that name then waits uninterruptibly behind the
+        first (no kill ends it), so a mount that does not answer a probe is refused
+        before anything is looked up in it; the lookup itself is bounded too.
+        """
+        if subpath:
+            answer = self.kernel.probe(backing.path)
+            if answer.condition != Condition.HEALTHY:
+                raise MountTimeout(
+                    f"the volume {backing.key} is {answer.message}; nothing was published, "
+                    "try again once it answers"
+                )
+        timeout = self.config.probe_timeout_seconds
+        with targets.open_inside(backing.path, subpath, timeout=timeout) as source:
+            yield source
+
     def _bind(self, backing: BackingRow, subpath: str, target_fd: int, readonly: bool) -> None:
-        with targets.open_inside(backing.path, subpath) as source:
+        with self.open_source(backing, subpath) as source:
             self._bind_from(backing, source.fd, target_fd, readonly)
 
     def _bind_from(
@@ -358,7 +382,7 @@ class BackingService:
             return False
         # The source first: if the new mount lacks it, the target keeps what it has (a
         # dead mount answers I/O errors), rather than being emptied and left so.
-        with targets.open_inside(backing.path, consumer.subpath) as source:
+        with self.open_source(backing, consumer.subpath) as source:
             if table.at(consumer.target) is not None:
                 self.unbind(consumer.target)
             roots = self.config.target_roots

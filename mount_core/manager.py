@@ -166,7 +166,7 @@ class MountManager:
         if backing is None:
             return None
         if spec.subpath:
-            with targets.open_inside(backing.path, spec.subpath):
+            with self.service.open_source(backing, spec.subpath):
                 pass
         self.ledger.add_consumer(
             spec.key, consumer.id, consumer.kind, subpath=spec.subpath, info=consumer.info

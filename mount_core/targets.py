@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mount_core import bind, rootdirs
-from mount_core.errors import InvalidTarget, NotFound, quote_value
+from mount_core.errors import InvalidTarget, MountTimeout, NotFound, quote_value
 
 _DIR_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_PATH = 4096
@@ -123,12 +124,27 @@ def open_target(target: str, roots: Sequence[str], *, create: bool) -> Iterator[
 
 
 @contextmanager
-def open_inside(base: str, subpath: str) -> Iterator[OpenTarget]:
+def open_inside(base: str, subpath: str, *, timeout: float | None = None) -> Iterator[OpenTarget]:
     """Open ``base/subpath`` without following symlinks below ``base``.
 
     Used for the bind source inside a backing mount, so that a symlink inside a
     remote file system can never make us bind a host directory onto a target.
+    Looking ``subpath`` up asks the FUSE server behind ``base``; with ``timeout``
+    a server that does not answer (stopped, hung) makes this raise
+    :class:`MountTimeout` after that many seconds instead of blocking the caller
+    for ever.
     """
+    if timeout is None or not subpath.strip("/"):
+        fd = _walk(base, subpath)
+    else:
+        fd = _walk_bounded(base, subpath, timeout)
+    try:
+        yield OpenTarget(os.path.join(base, subpath), fd, False)
+    finally:
+        os.close(fd)
+
+
+def _walk(base: str, subpath: str) -> int:
     fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in (p for p in subpath.split("/") if p):
@@ -144,9 +160,72 @@ def open_inside(base: str, subpath: str) -> Iterator[OpenTarget]:
                 raise
             os.close(fd)
             fd = child
-        yield OpenTarget(os.path.join(base, subpath), fd, False)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+#: Lookups that never returned, by backing mount: a hung server parks one thread
+#: per mount, not one per call (later calls are refused at once while it hangs).
+_stuck: dict[str, threading.Thread] = {}
+_stuck_guard = threading.Lock()
+
+
+class _Lookup:
+    """One walk in a worker thread; whoever comes last (caller or walk) closes the fd."""
+
+    def __init__(self, base: str, subpath: str) -> None:
+        self.base, self.subpath = base, subpath
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+        self.error: BaseException | None = None
+        self.finished = self.abandoned = False
+
+    def run(self) -> None:
+        fd, error = None, None
+        try:
+            fd = _walk(self.base, self.subpath)
+        except BaseException as exc:  # handed to the caller
+            error = exc
+        with self.lock:
+            self.finished = True
+            if self.abandoned:
+                if fd is not None:
+                    os.close(fd)
+                return
+            self.fd, self.error = fd, error
+
+
+def _not_responding(base: str, subpath: str, timeout: float, still: bool = False) -> MountTimeout:
+    how = "is still not responding" if still else "is not responding"
+    return MountTimeout(
+        f"the volume mounted at {base} {how}: looking up {quote_value(subpath)} took longer "
+        f"than {timeout:g} s (probe_timeout_seconds; a hung FUSE server?); try again later"
+    )
+
+
+def _walk_bounded(base: str, subpath: str, timeout: float) -> int:
+    with _stuck_guard:
+        stuck = _stuck.get(base)
+        if stuck is not None:
+            if stuck.is_alive():
+                raise _not_responding(base, subpath, timeout, still=True)
+            del _stuck[base]
+    lookup = _Lookup(base, subpath)
+    worker = threading.Thread(target=lookup.run, name="hepvol-lookup", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    with lookup.lock:
+        if not lookup.finished:
+            lookup.abandoned = True
+            with _stuck_guard:
+                _stuck[base] = worker
+            raise _not_responding(base, subpath, timeout)
+    if lookup.error is not None:
+        raise lookup.error
+    assert lookup.fd is not None
+    return lookup.fd
 
 
 def release(
