@@ -174,6 +174,8 @@ class Cluster:
 
     # --- bring-up ---------------------------------------------------------------
     def up(self) -> None:
+        # Others may traverse it: cvmfs2 runs as its own user, pods as non-root users.
+        self.work.chmod(0o755)
         for sub in ("run", "etc", "logs/pods", "cni/bin", "cni/net.d", "containerd", "flexvolume",
                     "manifests", *(f"nsroot{p}" for p in BOUND)):  # fmt: skip
             (self.work / sub).mkdir(parents=True, exist_ok=True)

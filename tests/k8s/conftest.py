@@ -38,7 +38,7 @@ BINARIES = ("kubelet", "kube-apiserver", "kube-controller-manager", "kube-schedu
             "etcd", "csi-node-driver-registrar", "livenessprobe", "csi-provisioner")  # fmt: skip
 
 
-def _unavailable(reason: str) -> None:
+def unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: the Kubernetes suite must run)")
     pytest.skip(reason)
@@ -49,11 +49,9 @@ def k8s_bin() -> Path:
     path = Path(os.environ.get("HEPVOL_K8S_BIN", "/var/cache/hepvol/k8s-v1.35.4/bin"))
     missing = [b for b in BINARIES if not os.access(path / b, os.X_OK)]
     if missing:
-        _unavailable(
-            f"no {', '.join(missing)} in {path}: run `make k8s-binaries` (needs ../shared)"
-        )
+        unavailable(f"no {', '.join(missing)} in {path}: run `make k8s-binaries` (needs ../shared)")
     if not HELM.exists():
-        _unavailable(f"no {HELM}: run `make tools`")
+        unavailable(f"no {HELM}: run `make tools`")
     return path
 
 
