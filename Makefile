@@ -58,8 +58,9 @@ venv: .stamp-venv
 setup: root apt venv
 
 # The main job: serve a sample repository through the core and show it.
+DEMO_ARGS ?=
 run: setup
-	$(VENV)/bin/hepvol demo
+	$(VENV)/bin/hepvol demo $(DEMO_ARGS)
 
 # `hepvol` on PATH: a link to this checkout's venv (`make clean` leaves it dangling).
 install: setup

@@ -3,9 +3,10 @@
 Creates a sample repository and shows it served four ways: through the core
 directly (mount, publish at a target, list and read it), through the FlexVolume
 driver as kubelet calls it, through the CSI node server (a NodePublishVolume),
-and through the Docker volume plugin (``docker run -v`` when a Docker engine
-answers). Prints ``hepvol status`` and keeps it all up until Ctrl-C; then takes
-everything down and checks that nothing is left mounted.
+and through the Docker volume plugin (hepvol/demo_docker.py: ``docker volume
+create`` and ``docker run -v``, in a private engine when none answers). Prints
+``hepvol status`` and keeps it all up until SIGINT, SIGTERM or a stopped ``make
+run``; then takes everything down and checks that nothing is left mounted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import threading
 from dataclasses import replace
 
 from hepvol.daemon import stop_event
@@ -37,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir",
         default="/var/lib/hepvol-demo",
         help="directory for the demo's state, mounts and sample repository",
+    )
+    parser.add_argument(
+        "--docker-driver",
+        default="cvmfs",
+        help="name of the demo's Docker volume driver (default cvmfs, as users type it)",
     )
     parser.add_argument(
         "--once",
@@ -85,20 +93,36 @@ def _show_core(manager: MountManager, target: str) -> None:
         print(f"$ cat {target}/README\n  " + handle.read().strip())
 
 
-def _show_docker(config: Config, stack: contextlib.ExitStack) -> None:
-    from docker_plugin import demo as docker_demo
+#: SIGHUP, SIGINT and SIGTERM as bits of /proc/PID/status's SigBlk mask.
+_STOP_SIGNALS = (
+    (1 << (signal.SIGHUP - 1)) | (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+)
 
-    process = docker_demo.start(config, "cvmfs")
-    stack.callback(docker_demo.stop, process)
-    print("Docker volume plugin 'cvmfs' on /run/docker/plugins/cvmfs.sock")
-    if not docker_demo.engine_available():
-        print("  no Docker engine answers here: start dockerd, then try\n"
-              f"  docker run --rm -v {SAMPLE}:/cvmfs/{SAMPLE} --volume-driver cvmfs IMAGE "
-              f"cat /cvmfs/{SAMPLE}/README")  # fmt: skip
-        return
-    stack.callback(docker_demo.remove_volume, "cvmfs", SAMPLE)
-    command, output = docker_demo.show_docker_run("cvmfs", SAMPLE)
-    print("$ " + " ".join(command) + "\n  " + output.strip())
+
+def _blocked(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _follow_make(stop: threading.Event) -> None:
+    """Stop when ``make run`` is told to stop. GNU make passes SIGTERM on to its
+    child, but on a SIGINT (or SIGHUP) sent to make alone (Ctrl-C at a terminal
+    reaches the whole process group; ``kill -INT`` does not) it only waits for the
+    child, with the signal blocked while it does: that is what is watched for."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError), open(f"/proc/{parent}/comm") as comm:
+        if comm.read().strip() != "make":
+            return
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent or _blocked(parent) & _STOP_SIGNALS:
+                stop.set()
+
+    threading.Thread(target=watch, name="follow-make", daemon=True).start()
 
 
 def _section(title: str) -> None:
@@ -108,7 +132,10 @@ def _section(title: str) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     from csi_driver import demo as csi_demo
     from flexvolume import showcase
+    from hepvol import demo_docker
 
+    stop = stop_event()  # now: SIGTERM/SIGINT during the walk-through still tear down
+    _follow_make(stop)
     workdir = os.path.abspath(args.workdir)
     config = demo_config(config, workdir)
     os.environ["HEPVOL_CVMFS_CLIENT"] = "local"  # for the CSI and Docker daemons it starts
@@ -130,13 +157,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         _section("Kubernetes CSI: node server and a NodePublishVolume")
         csi = csi_demo.start(config, workdir, SAMPLE)
         stack.callback(csi.stop)
-        _section("Docker: the volume plugin")
-        _show_docker(config, stack)
+        _section("Docker: the volume plugin, docker volume create and docker run")
+        ok = demo_docker.show(config, stack, args.docker_driver) and ok
         _section("hepvol status")
         print(as_table(manager.status()), flush=True)
         if not args.once:
             print("\nServing until Ctrl-C …", flush=True)
-            stop_event().wait()
+            stop.wait()
     left = list(MountTable().under(workdir))
     print("cleaned up: " + ("nothing left mounted" if not left else f"{len(left)} mounts left!"))
     return 0 if ok and not left else 1

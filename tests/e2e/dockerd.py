@@ -1,9 +1,8 @@
 """A real Docker engine and a real hepvol plugin daemon, for the Docker tests.
 
-``run_engine`` (the session fixture ``dockerd`` in tests/conftest.py): a private dockerd (own data root, exec root and socket;
-``--iptables=false --bridge=none``) with a tiny image ``hepvol-test-base`` imported
-from a busybox-static root file system (no registry is reachable). It can be
-restarted. ``docker_plugin`` (per test): a hepvol world and ``hepvol
+``run_engine`` (the session fixture ``dockerd`` in tests/conftest.py): the private
+engine of hepvol/engine.py (the one ``hepvol demo`` starts) with a tiny image
+``hepvol-test-base`` imported from busybox-static. It can be restarted. ``docker_plugin`` (per test): a hepvol world and ``hepvol
 docker-plugin`` serving it under a driver name unique to the run, in
 ``/run/docker/plugins`` where dockerd finds it. Finalizers remove containers,
 stop the daemons and detach every mount, even when a test fails.
@@ -21,15 +20,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from mount_core import bind
-from mount_core.mountinfo import MountTable
+from hepvol.engine import PrivateEngine
 from tests.conftest import REPO, HepvolEnv, teardown_world, wait_for, write_config
 
 IMAGE = "hepvol-test-base:latest"
@@ -61,149 +58,26 @@ def call(
         connection.close()
 
 
-@dataclass
-class Dockerd:
-    """One private Docker engine, driven through the real ``docker`` CLI."""
+class Dockerd(PrivateEngine):
+    """The engine of hepvol's own (hepvol/engine.py); a failed command fails the test."""
 
-    root: Path
-    process: subprocess.Popen[bytes] | None = None
-    containerd: subprocess.Popen[bytes] | None = None
-    containerd_address: str = ""
-    #: Keep containers running while dockerd is down (the fault suite restarts it).
-    live_restore: bool = False
-
-    @property
-    def host(self) -> str:
-        return f"unix://{self.root}/docker.sock"
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ, DOCKER_HOST=self.host)
-
-    def docker(
-        self, *args: str, timeout: float = 120, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI against this engine; ``check`` fails the test with its stderr."""
-        result = subprocess.run(
-            ["docker", *args], env=self.env(), capture_output=True, timeout=timeout,
-            check=False, text=True,
-        )  # fmt: skip
-        if check and result.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
-
-    def _start_containerd(self) -> str:
-        """A containerd of our own: dockerd would otherwise use a system one, whose
-        shims run outside this test's mount namespace and cannot see its mounts."""
-        base = self.root / "containerd"
-        base.mkdir(exist_ok=True)
-        address = base / "containerd.sock"
-        (base / "config.toml").write_text(
-            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\naddress = "{address}"\n[ttrpc]\naddress = "{address}.ttrpc"\n'
-            f'[debug]\naddress = "{base}/debug.sock"\n[metrics]\naddress = ""\n'
-        )
-        with open(self.root / "containerd.log", "ab") as log:
-            self.containerd = subprocess.Popen(
-                ["containerd", "--config", str(base / "config.toml")],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        if not wait_for(address.exists, 30):
-            raise RuntimeError(
-                "containerd did not start: " + (self.root / "containerd.log").read_text()[-2000:]
-            )
-        return str(address)
-
-    def start(self) -> None:
-        if self.containerd is None:
-            self.containerd_address = self._start_containerd()
-        log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - dockerd keeps it
-        self.process = subprocess.Popen(
-            [
-                "dockerd", "--containerd", self.containerd_address,
-                "--data-root", str(self.root / "data"),
-                "--exec-root", str(self.root / "exec"), "-H", self.host,
-                "--pidfile", str(self.root / "docker.pid"),
-                "--iptables=false", "--ip6tables=false", "--bridge=none",
-                f"--live-restore={str(self.live_restore).lower()}", "--log-level=warn",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        ready = wait_for(lambda: self.docker("version", check=False).returncode == 0, 60, 0.2)
-        if not ready:
-            raise RuntimeError(
-                "dockerd did not start: " + (self.root / "dockerd.log").read_text()[-2000:]
-            )
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def stop_all(self) -> None:
-        """Stop dockerd, then its containerd."""
-        self.stop()
-        if self.containerd is not None:
-            self.containerd.terminate()
-            try:
-                self.containerd.wait(30)
-            except subprocess.TimeoutExpired:
-                self.containerd.kill()
-                self.containerd.wait(10)
-            self.containerd = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def remove_containers(self) -> None:
-        ids = self.docker("ps", "-aq", check=False).stdout.split()
-        if ids:
-            self.docker("rm", "-f", *ids, check=False)
-
-
-def _import_base_image(engine: Dockerd) -> None:
-    rootfs = engine.root / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    shutil.copy(busybox, rootfs / "bin" / "busybox")
-    for tool in ("sh", "ls", "cat", "echo", "sleep", "test", "true", "wc"):
-        (rootfs / "bin" / tool).symlink_to("busybox")
-    archive = engine.root / "rootfs.tar"
-    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
-    engine.docker("import", str(archive), IMAGE)
+    def failure(self, message: str) -> Exception:
+        return AssertionError(message)
 
 
 def run_engine(*, live_restore: bool = False) -> Iterator[Dockerd]:
     """A started engine with the test image; stopped and removed afterwards."""
     if shutil.which("dockerd") is None:
         pytest.fail("dockerd is not installed: `make test` installs docker.io")
-    # Short path: containerd's sockets live under the exec root (108-byte limit).
-    root = Path(tempfile.mkdtemp(prefix="hv-dockerd-", dir="/tmp"))
-    engine = Dockerd(root, live_restore=live_restore)
+    engine = Dockerd(
+        PrivateEngine.create(live_restore=live_restore).root, live_restore=live_restore
+    )
     try:
         engine.start()
-        _import_base_image(engine)
+        engine.import_busybox(IMAGE)
         yield engine
     finally:
-        with contextlib.suppress(Exception):
-            engine.remove_containers()
-        engine.stop_all()
-        for entry in sorted(
-            MountTable().under(str(engine.root)), key=lambda e: -len(e.mount_point)
-        ):
-            with contextlib.suppress(OSError):
-                bind.unmount(entry.mount_point, lazy=True)
-        shutil.rmtree(engine.root, ignore_errors=True)
+        engine.destroy()
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -11,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from docker_plugin import demo
 from docker_plugin.stale import drop_stale
 from tests.conftest import SAMPLE, HepvolEnv, wait_for
 from tests.e2e.dockerd import IMAGE, Dockerd, Plugin, make_plugin
@@ -219,28 +217,6 @@ def test_eos_volume_shows_its_path_in_a_container(eos_plugin: Plugin) -> None:
                           check=False)  # fmt: skip
     assert "instance" in implicit and "is required for EOS volumes" in implicit
     assert wait_for(lambda: plugin.backings() == [])
-
-
-def test_make_run_demo_reads_the_sample_through_docker(
-    hepvol_env: HepvolEnv, dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
-    driver = f"hepvoldemo{os.getpid()}"
-    process = demo.start(hepvol_env.config, driver)
-    try:
-        assert demo.engine_available()
-        command, output = demo.show_docker_run(driver, SAMPLE)
-        assert output == "sample trunk\n"
-        assert f"{SAMPLE}:/cvmfs/{SAMPLE}" in command
-        demo.remove_volume(driver, SAMPLE)
-        assert dockerd.docker("volume", "ls", "-q", "-f", f"driver={driver}").stdout == ""
-    finally:
-        try:
-            dockerd.remove_containers()
-            demo.remove_volume(driver, SAMPLE)
-        finally:
-            demo.stop(process)
-    assert process.returncode is not None
 
 
 def test_socket_is_root_only_and_a_live_one_is_never_taken_over(plugin: Plugin) -> None:
