@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from docker_plugin import demo as plugin_demo
+from docker_plugin.settings import PLUGIN_DIR
 from hepvol.engine import EngineError, PrivateEngine, busybox_archive
 from mount_core.config import Config
 
@@ -104,7 +105,7 @@ def show(config: Config, stack: contextlib.ExitStack, driver: str = "cvmfs") -> 
         os.environ["DOCKER_HOST"] = engine.host  # for the plugin and every docker command
     process = plugin_demo.start(config, driver)
     stack.callback(plugin_demo.stop, process)
-    print(f"Docker volume plugin {driver!r} on {plugin_demo.PLUGIN_DIR}/{driver}.sock")
+    print(f"Docker volume plugin {driver!r} on {PLUGIN_DIR}/{driver}.sock")
     if _import_image() and engine is None:
         stack.callback(_docker, "image", "rm", IMAGE)
     stack.callback(_remove_volume, SAMPLE)
