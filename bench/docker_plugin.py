@@ -188,12 +188,12 @@ def rpc_rows(
 
 def docker_run_rows(driver: str, runs: int) -> list[tuple[object, ...]]:
     """Median ``docker run --rm IMAGE true`` with and without a plugin volume."""
-    from tests.e2e.dockerd import IMAGE, Dockerd, _import_base_image
+    from tests.e2e.dockerd import IMAGE, Dockerd
 
     engine = Dockerd(Path(tempfile.mkdtemp(prefix="hv-bench-dockerd-", dir="/tmp")))
     try:
         engine.start()
-        _import_base_image(engine)
+        engine.import_busybox(IMAGE)
         engine.docker("volume", "create", "-d", driver, SAMPLE)
         plain = ["run", "--rm", "--network", "none", IMAGE, "true"]
         with_volume = ["run", "--rm", "--network", "none", "-v", f"{SAMPLE}:/cvmfs/{SAMPLE}",
@@ -213,13 +213,7 @@ def docker_run_rows(driver: str, runs: int) -> list[tuple[object, ...]]:
             ("plugin's share of container start", runs, vol - base),
         ]
     finally:
-        engine.remove_containers()
-        engine.stop_all()
-        for entry in sorted(
-            MountTable().under(str(engine.root)), key=lambda e: -len(e.mount_point)
-        ):
-            bind.unmount(entry.mount_point, lazy=True)
-        shutil.rmtree(engine.root, ignore_errors=True)
+        engine.destroy()
 
 
 def main(argv: list[str]) -> int:
