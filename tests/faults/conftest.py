@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import SAMPLE, HepvolEnv
 from tests.e2e.dockerd import Dockerd, Plugin, make_plugin
+from tests.faults.chaos_faults import Watch
 from tests.integration.test_csi_node import CsiProcess, start_csi
 from tests.integration.test_flexvolume import Kubelet
 
@@ -67,3 +68,14 @@ def plugin(world: HepvolEnv, tmp_path: Path) -> Iterator[Plugin]:
 @pytest.fixture
 def kubelet(world: HepvolEnv) -> Kubelet:
     return Kubelet(world)
+
+
+@pytest.fixture
+def watch(world: HepvolEnv) -> Iterator[Watch]:
+    """``hepvol watch`` on the world's state dir: a second health loop beside the fronts'."""
+    daemon = Watch(world)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.kill9()

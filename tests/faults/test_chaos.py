@@ -1,18 +1,25 @@
-"""2,000 mixed operations from the three fronts while their daemons are killed with ``kill -9``.
+"""2,000 mixed operations from the three fronts while daemons, FUSE servers and state break.
 
 Eight workers drive Docker (Create/Remove/List/Get/Mount/Unmount over the plugin
 socket), CSI (NodePublish/NodeUnpublish/NodeGetVolumeStats over gRPC) and
 FlexVolume (mount/unmount processes, some killed mid-flight and re-run as kubelet
-would) against one world with several repositories and tags, while a killer
-thread sends ``kill -9`` to the Docker plugin or the CSI server at random moments
-and starts it again. Each worker owns its mount IDs, targets and pod dirs, so its
-model of what must exist is exact up to the calls whose fate a kill left unknown.
+would) against one world with several repositories and tags. Three daemons share
+its state dir: the Docker plugin, the CSI server and ``hepvol watch`` (two health
+loops besides the plugin's). A fault thread meanwhile, at random moments:
 
-Afterwards the ledger and mountinfo agree, every consumer whose publish/mount
-succeeded (and was not undone) is still there and readable, and giving back
-every target and ID ever used leaves no mount, no ledger row and no FUSE server.
-The seed is printed; ``HEPVOL_FAULT_SEED`` replays a run, ``HEPVOL_FAULT_OPERATIONS``
-changes its size.
+- sends ``kill -9`` to one of the daemons and starts it again;
+- kills an embedded FUSE server (the health loops must repair it);
+- stops one with SIGSTOP for up to 1.5 s, then SIGCONT (a hang, not a death);
+- damages the state dir: removes the lock directory, or the servers' pidfiles;
+- holds half-open connections to the Docker plugin (a request sent in part).
+
+Each worker owns its mount IDs, targets and pod dirs, so its model of what must
+exist is exact up to the calls whose fate a kill left unknown. Afterwards (once
+the health loops repaired what the faults broke) the ledger and mountinfo agree,
+every consumer whose publish/mount succeeded (and was not undone) is still there
+and readable, and giving back every target and ID ever used leaves no mount, no
+ledger row and no FUSE server. The seed is printed; ``HEPVOL_FAULT_SEED`` replays
+a run, ``HEPVOL_FAULT_OPERATIONS`` changes its size.
 """
 
 from __future__ import annotations
@@ -31,9 +38,16 @@ import pytest
 from csi_driver.client import Client, capability
 from csi_driver.generated import csi_pb2
 from mount_core.ledger import Ledger
-from tests.conftest import HepvolEnv
+from tests.conftest import HepvolEnv, wait_for
 from tests.e2e.dockerd import Plugin
 from tests.faults import clients
+from tests.faults.chaos_faults import (
+    Watch,
+    break_a_server,
+    damage_state,
+    restart_daemon,
+    stuck_clients,
+)
 from tests.faults.clients import OK, REFUSED, UNKNOWN, Outcome
 from tests.faults.conftest import REPOSITORIES
 from tests.faults.invariants import agreement_problems, leftovers
@@ -60,6 +74,8 @@ EXPECTED = {
     "docker.mount": ("volume named",),
     "docker.get": ("volume named",),
 }
+#: How long the health loops get to repair what the last faults broke.
+SETTLE_SECONDS = 30.0
 
 
 def _context(name: str) -> dict[str, str]:
@@ -135,6 +151,7 @@ class Fronts:
     csi: CsiProcess
     kubelet: Kubelet
     tally: Tally
+    watch: Watch
 
     def docker(self, op: str, body: dict[str, object]) -> Outcome:
         method = {"create": "Create", "remove": "Remove", "list": "List", "get": "Get",
@@ -227,24 +244,26 @@ def _work(worker: Worker, fronts: Fronts) -> None:
 
 
 def _killer(fronts: Fronts, rng: random.Random, stop: threading.Event, kills: Counter[str]) -> None:
+    faults = [restart_daemon, break_a_server, damage_state, stuck_clients]
     while not stop.wait(rng.uniform(0.2, 1.2)):
+        fault = rng.choices(faults, weights=[5, 4, 1, 1])[0]
         try:
-            if rng.random() < 0.5:
-                fronts.plugin.kill9()
-                kills["docker-plugin"] += 1
-                fronts.plugin.start()
-            else:
-                fronts.csi.stop(9)
-                kills["csi"] += 1
-                fronts.csi.start()
+            fault(fronts, rng, kills)
         except Exception as exc:  # a daemon that does not come back ends the run
-            fronts.tally.aborted.append(f"restart failed: {exc}")
+            fronts.tally.aborted.append(f"{fault.__name__} failed: {exc}")
             fronts.tally.abort.set()
             return
 
 
 def _readme(path: Path) -> str:
     return (path / "README").read_text()
+
+
+def _settled_leftovers(world: HepvolEnv) -> list[str]:
+    """What is left once servers had time to exit (one whose pidfile the faults removed
+    exits by itself once unmounted, a moment later)."""
+    wait_for(lambda: leftovers(world.config, str(world.workdir)) == [], timeout=15, interval=0.5)
+    return leftovers(world.config, str(world.workdir))
 
 
 def _check_model(fronts: Fronts, workers: list[Worker]) -> list[str]:
@@ -314,11 +333,11 @@ def _give_back(fronts: Fronts, workers: list[Worker]) -> list[str]:
     return failures
 
 
-def test_mixed_operations_survive_kill_9_of_the_daemons(
-    world: HepvolEnv, plugin: Plugin, csi: CsiProcess, kubelet: Kubelet, seed: int
+def test_mixed_operations_survive_daemon_fuse_and_state_faults(
+    world: HepvolEnv, plugin: Plugin, csi: CsiProcess, kubelet: Kubelet, watch: Watch, seed: int
 ) -> None:
     rng = random.Random(seed)
-    fronts = Fronts(world, plugin, csi, kubelet, Tally())
+    fronts = Fronts(world, plugin, csi, kubelet, Tally(), watch)
     workers = [Worker(n, world, kubelet, random.Random(rng.random())) for n in range(WORKERS)]
     stop, kills = threading.Event(), Counter[str]()
     killer = threading.Thread(target=_killer, args=(fronts, random.Random(rng.random()), stop,
@@ -345,14 +364,17 @@ def test_mixed_operations_survive_kill_9_of_the_daemons(
         print(f"  {name:<28} {count}")
     assert sum(tally.outcomes.values()) >= OPERATIONS
     assert kills["docker-plugin"] > 0 and kills["csi"] > 0, kills
+    assert kills["fuse-kill"] + kills["fuse-stop"] > 0, kills
     assert tally.unexpected == [], tally.unexpected
     assert tally.violations == [], tally.violations
 
+    # The health loops repair what the last faults broke within a few passes.
+    wait_for(lambda: agreement_problems(world.config) == [], timeout=SETTLE_SECONDS, interval=1.0)
     for check in (
         lambda: agreement_problems(world.config),
         lambda: _check_model(fronts, workers),
         lambda: _give_back(fronts, workers),
-        lambda: leftovers(world.config, str(world.workdir)),
+        lambda: _settled_leftovers(world),
     ):
         problems = check()
         assert problems == [], "\n".join(problems)
