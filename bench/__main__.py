@@ -44,10 +44,12 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"bench.{name}")
         if name in SKIP or not hasattr(module, "main"):
             continue
+        began = time.monotonic()
         with contextlib.redirect_stdout(details):
             print(f"## bench.{name}\n", flush=True)
             if module.main(list(forwarded)) != 0:
                 failed.append(name)
+            print(f"(bench.{name}: {time.monotonic() - began:.0f} s)\n")
     summary = table("hepvol benchmark summary", SUMMARY_HEADER, SUMMARY)
     load = (f"Load average (1, 5, 15 min) {load_before} before the run and {loadavg()} after "
             "it: other sessions use this machine too, so every comparison runs in interleaved "

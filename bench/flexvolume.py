@@ -198,10 +198,10 @@ def run(rounds: int, workdir: str) -> tuple[dict[str, Timing], list[tuple[str, f
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench.flexvolume", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="20 rounds (CI smoke run)")
+    parser.add_argument("--quick", action="store_true", help="8 rounds (CI smoke run)")
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args(argv)
-    rounds = 20 if args.quick else args.rounds
+    rounds = 8 if args.quick else args.rounds
     workdir = tempfile.mkdtemp(prefix="hepvol-bench-flex-")
     try:
         timings, costs = run(rounds, workdir)
