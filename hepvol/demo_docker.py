@@ -48,12 +48,18 @@ def engine_available() -> bool:
 
 
 def _show(argv: list[str]) -> bool:
-    """Print ``$ argv`` and run it; its output indented below. True when it succeeded."""
+    """Print ``$ argv`` and run it, its output indented below (at a terminal, ``-it``
+    commands write to it themselves). True when it succeeded."""
     print("$ " + " ".join(argv), flush=True)
-    tty = sys.stdin.isatty() and "-it" in argv
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
-                            stdin=None if tty else subprocess.DEVNULL)  # fmt: skip
-    text = (result.stdout if result.returncode == 0 else result.stderr).replace("\r", "")
+    try:
+        if "-it" in argv:
+            return subprocess.run(argv, timeout=120, check=False).returncode == 0
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        print("  no answer within 120 s")
+        return False
+    text = result.stdout if result.returncode == 0 else result.stderr
     for line in text.strip().splitlines():
         print("  " + line)
     return result.returncode == 0
@@ -61,16 +67,20 @@ def _show(argv: list[str]) -> bool:
 
 def _remove_volume(name: str, timeout: float = 30) -> None:
     """``docker volume rm``, retried while dockerd still lets go of it (``--rm`` returns
-    before the container's Unmount reaches the plugin)."""
+    before the container's Unmount reaches the plugin); best effort: the plugin and
+    the engine are stopped after it whatever happens."""
     deadline = time.monotonic() + timeout
-    while True:
-        listed = _docker("volume", "ls", "-q", timeout=30).stdout.split()
-        if name not in listed or _docker("volume", "rm", name, timeout=60).returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            print(f"  could not remove volume {name}: still in use", flush=True)
-            return
-        time.sleep(0.5)
+    try:
+        while True:
+            listed = _docker("volume", "ls", "-q", timeout=30).stdout.split()
+            if name not in listed or _docker("volume", "rm", name, timeout=60).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    except subprocess.TimeoutExpired:
+        pass
+    print(f"could not remove the Docker volume {name}: the engine did not let go of it")
 
 
 def _import_image() -> bool:
