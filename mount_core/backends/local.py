@@ -158,14 +158,33 @@ class LocalBackend(Backend):
                 f"the local FUSE server for {spec.source} was not ready within "
                 f"{self.timeout:g} s (mount_timeout_seconds)"
             ) from None
+        if result.returncode < 0 and self._adopt_orphan(path, time.monotonic() + self.timeout):
+            return  # the starter was killed; the server it forked came up all the same
         if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            killed = f"the FUSE server was killed (signal {-result.returncode}) while starting"
+            reason = (result.stderr.strip().splitlines() or [killed])[-1]
             raise MountFailed(f"cannot mount {spec.source}: {reason}")
         entry = MountTable().at(path)
         if entry is None or not self.owns(entry):
             raise MountFailed(
                 f"cannot mount {spec.source}: the server reported ready but {path} is not mounted"
             )
+
+    def _adopt_orphan(self, path: str, deadline: float) -> bool:
+        """Wait for a server of ``path`` whose starter died; True once it serves the mount.
+
+        The starter forks the server before it mounts: killing the starter (a crash,
+        ``kill -9``) may leave the server to finish alone, and it must be adopted,
+        not left as a mount nobody recorded.
+        """
+        while time.monotonic() < deadline:
+            entry = MountTable().at(path)
+            if entry is not None and self.owns(entry):
+                return True
+            if not any(serves(int(pid), path) for pid in os.listdir("/proc") if pid.isdigit()):
+                return False
+            time.sleep(0.05)
+        return False
 
     def unmount(self, path: str) -> None:
         with self._starting(path):

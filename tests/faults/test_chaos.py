@@ -71,8 +71,11 @@ MIX = {
 #: Refusals that are right answers to what the workers ask at random.
 EXPECTED = {
     "docker.remove": ("is in use by",),
-    "docker.mount": ("volume named",),
+    "docker.mount": ("volume named", "while starting"),
     "docker.get": ("volume named",),
+    # The fault thread may kill a FUSE server before it is ready: that mount fails.
+    "csi.publish": ("while starting",),
+    "flex.mount": ("while starting",),
 }
 #: How long the health loops get to repair what the last faults broke.
 SETTLE_SECONDS = 30.0
