@@ -132,9 +132,10 @@ def daemonsets_ready(cluster: Cluster, tag: str = "") -> bool:
 
 
 def _repositories(cluster: Cluster) -> None:
-    sample = cluster.work / "repos" / SAMPLE / "data"
-    sample.mkdir(parents=True)
-    (sample / "hello.txt").write_text(HELLO)
+    for name in (SAMPLE, f"{SAMPLE}@v1"):
+        sample = cluster.work / "repos" / name / "data"
+        sample.mkdir(parents=True)
+        (sample / "hello.txt").write_text(HELLO)
     (cluster.work / "repos" / "home").mkdir()
     (cluster.work / "repos" / "home" / "hello.txt").write_text(EOS_HELLO)
 

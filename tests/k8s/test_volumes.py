@@ -77,14 +77,18 @@ def test_eos_on_its_stand_in(node: Cluster) -> None:
 
 
 def test_fuse_servers_belong_to_the_host_not_to_a_node_pod(node: Cluster) -> None:
-    """Both DaemonSets serve volumes; every FUSE server is in the host's PID namespace and
-    in the servers' cgroup, none in a pod's cgroup (which a pod restart would kill)."""
+    """Servers started by both DaemonSets (cvmfs, eos) and by a FlexVolume call are all in
+    the host's PID namespace and in the servers' cgroup, none in a pod's cgroup (which a
+    pod restart would kill) and none in kubelet's."""
     start_reader(node, "owner-cvmfs", CVMFS_INLINE)
     eos = {"csi": {"driver": "eos.csi.cern.ch", "readOnly": True,
                    "volumeAttributes": {"instance": "home", "path": "/"}}}  # fmt: skip
     start_reader(node, "owner-eos", eos, file="hello.txt", expect=EOS_HELLO)
+    flex = {"flexVolume": {"driver": "cern/cvmfs", "readOnly": True,
+                           "options": {"repository": SAMPLE, "tag": "v1"}}}  # fmt: skip
+    start_reader(node, "owner-flex", flex)
     servers = server_pids(node)
-    assert len(servers) >= 2, servers
+    assert len(servers) == 3, servers
     host_pid_ns = os.stat("/proc/self/ns/pid").st_ino
     for pid in servers:
         groups = Path(f"/proc/{pid}/cgroup").read_text()
@@ -92,7 +96,7 @@ def test_fuse_servers_belong_to_the_host_not_to_a_node_pod(node: Cluster) -> Non
         paths = {line.split(":", 2)[2] for line in groups.splitlines()}
         assert paths == {f"/{node.server_cgroup}"}, groups
         assert os.stat(f"/proc/{pid}/ns/pid").st_ino == host_pid_ns
-    delete_pods(node, "owner-cvmfs", "owner-eos")
+    delete_pods(node, "owner-cvmfs", "owner-eos", "owner-flex")
 
 
 def test_a_volume_mounted_again_after_a_node_pod_restart_is_the_repository(node: Cluster) -> None:
