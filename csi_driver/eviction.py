@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import ssl
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from mount_core.errors import ConfigError
 from mount_core.logs import event
+from mount_core.periodic import Periodic
 
 if TYPE_CHECKING:
     from mount_core.manager import MountManager
@@ -112,16 +112,16 @@ def stale_pods(manager: MountManager) -> list[StalePod]:
     return found
 
 
-class StalePodEvictor:
+class StalePodEvictor(Periodic):
     """A thread of the node daemon that evicts stale pods (a front's :class:`Server`)."""
+
+    thread_name = "hepvol-evict"
 
     def __init__(self, manager: MountManager, api: ApiServer, interval: float) -> None:
         self.manager = manager
         self.api = api
-        self.interval = interval
         self._asked: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(interval, log)
 
     def run_once(self, now: float | None = None) -> dict[str, int]:
         """Ask once for every stale pod not asked for within :data:`RETRY_SECONDS`."""
@@ -145,21 +145,3 @@ class StalePodEvictor:
                   level=logging.INFO if status in outcome else logging.WARNING,
                   volume=pod.volume, consumer=pod.consumer, status=status)  # fmt: skip
         return answers
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("stale pod pass failed", extra={"volume": None, "consumer": None})
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="hepvol-evict", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None

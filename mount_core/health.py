@@ -7,11 +7,11 @@ the FUSE mounts behind them are.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from mount_core.ledger_schema import BackingState
 from mount_core.logs import event
+from mount_core.periodic import Periodic
 from mount_core.probe import Condition, ProbeResult
 from mount_core.reconcile import Reconciler
 
@@ -21,16 +21,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("hepvol.health")
 
 
-class HealthMonitor:
+class HealthMonitor(Periodic):
     """The periodic health, repair and idle-unmount loop of one daemon."""
+
+    thread_name = "hepvol-health"
 
     def __init__(self, manager: MountManager, interval: float | None = None) -> None:
         self.service = manager.service
         self.reconciler = Reconciler(self.service)
         config = self.service.config
-        self.interval = config.health_interval_seconds if interval is None else interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(config.health_interval_seconds if interval is None else interval, log)
 
     def run_once(self) -> dict[str, ProbeResult]:
         """One pass: probe every mount, repair the dead, unmount the long idle."""
@@ -57,22 +57,3 @@ class HealthMonitor:
                           level=logging.WARNING)  # fmt: skip
         self.service.gc_idle()
         return results
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("health pass failed", extra={"volume": None, "consumer": None})
-
-    def start(self) -> None:
-        """Start the loop in a daemon thread (exactly one per process should)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="hepvol-health", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
