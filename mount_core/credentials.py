@@ -21,6 +21,38 @@ from mount_core.spec import Credential
 from mount_core.statedir import StateDir
 
 
+def _store(root: str, path: str, credential: Credential) -> None:
+    """Write one credential file (kind line, then the value), 0600 in 0700 dirs."""
+    try:
+        for directory in (os.path.dirname(root), root, os.path.dirname(path)):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        write_atomically(path, credential.kind.encode() + b"\n" + credential.value, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot store a credential under {root}: {exc.strerror}") from None
+
+
+def _load(root: str, path: str) -> Credential | None:
+    """The credential in one file, or None when there is none."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read a credential under {root}: {exc.strerror}") from None
+    kind, _, value = data.partition(b"\n")
+    return Credential(kind.decode(), value)
+
+
+def _remove(path: str) -> bool:
+    """Remove one credential file; False when there was none."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class CredentialStore:
     """The credentials of named volumes, one 0600 file each."""
 
@@ -33,37 +65,15 @@ class CredentialStore:
 
     def put(self, owner: str, name: str, credential: Credential) -> None:
         """Store (or replace) the credential of volume ``name`` of ``owner`` (a front)."""
-        path = self._path(owner, name)
-        try:
-            os.makedirs(self.root, mode=0o700, exist_ok=True)
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            write_atomically(path, credential.kind.encode() + b"\n" + credential.value, 0o600)
-        except OSError as exc:
-            raise StateError(
-                f"cannot store a credential under {self.root}: {exc.strerror}"
-            ) from None
+        _store(self.root, self._path(owner, name), credential)
 
     def get(self, owner: str, name: str) -> Credential | None:
         """The stored credential, or None when there is none."""
-        try:
-            with open(self._path(owner, name), "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateError(
-                f"cannot read a credential under {self.root}: {exc.strerror}"
-            ) from None
-        kind, _, value = data.partition(b"\n")
-        return Credential(kind.decode(), value)
+        return _load(self.root, self._path(owner, name))
 
     def delete(self, owner: str, name: str) -> bool:
         """Remove the stored credential; False when there was none."""
-        try:
-            os.unlink(self._path(owner, name))
-        except FileNotFoundError:
-            return False
-        return True
+        return _remove(self._path(owner, name))
 
 
 #: Names of registered credentials: they become file names, so no '/', no leading dot.
@@ -112,38 +122,19 @@ class NamedCredentials:
         return os.path.join(self.root, check_credential_name(name))
 
     def add(self, name: str, credential: Credential) -> None:
-        path = self._path(name)
-        try:
-            os.makedirs(os.path.dirname(self.root), mode=0o700, exist_ok=True)
-            os.makedirs(self.root, mode=0o700, exist_ok=True)
-            write_atomically(path, credential.kind.encode() + b"\n" + credential.value, 0o600)
-        except OSError as exc:
-            raise StateError(
-                f"cannot store a credential under {self.root}: {exc.strerror}"
-            ) from None
+        _store(self.root, self._path(name), credential)
 
     def get(self, name: str) -> Credential:
-        try:
-            with open(self._path(name), "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
+        credential = _load(self.root, self._path(name))
+        if credential is None:
             raise NotFound(
                 f"no credential named {name!r} on this node; register it with "
                 f"`hepvol credential add {name} --type KIND --file FILE`"
-            ) from None
-        except OSError as exc:
-            raise StateError(
-                f"cannot read a credential under {self.root}: {exc.strerror}"
-            ) from None
-        kind, _, value = data.partition(b"\n")
-        return Credential(kind.decode(), value)
+            )
+        return credential
 
     def remove(self, name: str) -> bool:
-        try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            return False
-        return True
+        return _remove(self._path(name))
 
     def names(self) -> list[tuple[str, Credential]]:
         try:
