@@ -82,6 +82,17 @@ class Config:
 
     def validate(self) -> Config:
         """Check cross-field rules; returns self for chaining."""
+        self._check_paths()
+        self._check_choices()
+        for name in ("idle_unmount_seconds", "health_interval_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more")
+        for name in ("mount_timeout_seconds", "lock_timeout_seconds", "probe_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be more than 0")
+        return self
+
+    def _check_paths(self) -> None:
         for name in ("state_dir", "mount_root"):
             _absolute(name, getattr(self, name))
         _absolute("local.root", self.local.root)
@@ -99,6 +110,8 @@ class Config:
                         f"target_roots entry {root!r} overlaps {owned!r}: "
                         "targets must live apart from hepvol's own directories"
                     )
+
+    def _check_choices(self) -> None:
         if self.cvmfs.client not in ("local", "cvmfs2"):
             raise ConfigError(f"cvmfs.client is {self.cvmfs.client!r}: use 'local' or 'cvmfs2'")
         if self.eos.client not in ("local", "eosxd"):
@@ -113,13 +126,6 @@ class Config:
                     f"server_cgroups entry {item!r} is neither an absolute cgroup directory "
                     "nor a cgroup name (letters, digits, '.', '_', '-')"
                 )
-        for name in ("idle_unmount_seconds", "health_interval_seconds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 or more")
-        for name in ("mount_timeout_seconds", "lock_timeout_seconds", "probe_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be more than 0")
-        return self
 
 
 def _is_absolute(value: str) -> bool:
