@@ -36,6 +36,8 @@ CAPABILITIES = {
     "requiresFSResize": False,
 }
 _MAX_MESSAGE = 1000
+#: Printed when the call itself could not produce its reply.
+_UNANSWERED = b'{"status": "Failure", "message": "internal error: the call gave no reply"}\n'
 
 Reply = dict[str, object]
 
@@ -184,19 +186,27 @@ def encode(result: Reply) -> bytes:
 
 
 def main(argv: list[str], backend: str, config_path: str | None = None) -> int:
-    """Serve one kubelet call for ``backend``; print the reply; return the exit status."""
+    """Serve one kubelet call for ``backend``; print the reply; return the exit status.
+
+    Whatever escapes the call (an error while reporting an error, a signal turned
+    into an exception) still prints one Failure line: with fds 1 and 2 on
+    /dev/null, an exception leaving here would end the process with no output.
+    """
     out = os.dup(1)  # not inherited by children (PEP 446)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 1)
-    os.dup2(null, 2)
-    os.close(null)
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
-    result = answer(Call(backend, config_path), argv)
+    status, data = 1, _UNANSWERED
     try:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
+        result = answer(Call(backend, config_path), argv)
         data = encode(result)
-    except BaseException as exc:
-        data = b'{"status": "Failure", "message": "internal error: cannot encode the reply"}\n'
-        result = {"status": FAILURE, "error": type(exc).__name__}
-    os.write(out, data)
+        status = 1 if result["status"] == FAILURE else 0
+    except BaseException:
+        status, data = 1, _UNANSWERED
+    view = memoryview(data)
+    while view:  # a pipe may take a write in parts
+        view = view[os.write(out, view) :]
     os.close(out)
-    return 1 if result["status"] == FAILURE else 0
+    return status

@@ -33,8 +33,9 @@ def hand_over(argv: list[str], backend: str, path: str | None, timeout: float) -
     if not path or not argv or argv[0] not in RELAYED:
         return
     reply = _ask(path, "\0".join([backend, *argv]).encode("utf-8", "surrogateescape"), timeout)
-    # A reply cut short (the daemon died while sending) is not a reply.
-    if not reply or reply[:1] not in (b"0", b"1") or not reply.endswith(b"\n"):
+    # A reply cut short (the daemon died while sending) or without its JSON object
+    # (an empty body) is not a reply: printing it would leave kubelet nothing to parse.
+    if not reply or reply[:1] not in (b"0", b"1") or reply[1:2] != b"{" or reply[-1:] != b"\n":
         return
     view = memoryview(reply)[1:]
     while view:

@@ -59,9 +59,10 @@ class Kubelet:
         result = subprocess.run(
             [self.driver(driver), *args], env={}, capture_output=True, timeout=timeout, check=False
         )
-        assert result.stderr == b"", "kubelet parses stdout and stderr together"
+        ended = _how_it_ended(result.returncode)
+        assert result.stderr == b"", f"kubelet parses stdout and stderr together ({ended})"
         lines = result.stdout.decode().splitlines()
-        assert len(lines) == 1, f"exactly one line of output, got {result.stdout!r}"
+        assert len(lines) == 1, f"exactly one line of output, got {result.stdout!r} ({ended})"
         reply = json.loads(lines[0])
         assert isinstance(reply, dict) and reply["status"] in (
             "Success",
@@ -99,6 +100,13 @@ class Kubelet:
         assert result.returncode == 0, result.stderr
         mounts: list[dict[str, Any]] = json.loads(result.stdout)["backing_mounts"]
         return mounts
+
+
+def _how_it_ended(returncode: int) -> str:
+    """The driver's exit status, or the signal that killed it, for assertion messages."""
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,4 +137,36 @@ def test_a_daemon_killed_mid_life_leaves_calls_working(
     daemon.wait(timeout=10)
     assert Path(driver[1]).exists(), "SIGKILL leaves the socket file behind"
     mount_and_unmount(hepvol_env, driver[0])
+    assert in_process_lines(hepvol_env) >= 2
+
+
+@pytest.mark.parametrize("body", [b"0\n", b"0", b"1 \n", b'0{"status": "Succ'])
+def test_a_daemon_reply_without_its_json_line_is_not_printed(
+    hepvol_env: HepvolEnv, driver: tuple[str, str], body: bytes
+) -> None:
+    """A daemon that answers a status byte and no JSON line (dying mid-reply): in-process."""
+    stop = threading.Event()
+    with socket.socket(socket.AF_UNIX) as broken:
+        broken.bind(driver[1])
+        broken.listen(8)
+        broken.settimeout(0.2)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = broken.accept()
+                except TimeoutError:
+                    continue
+                with connection:
+                    connection.settimeout(10)
+                    connection.recv(65536)
+                    connection.sendall(body)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        try:
+            mount_and_unmount(hepvol_env, driver[0])
+        finally:
+            stop.set()
+            server.join()
     assert in_process_lines(hepvol_env) >= 2
