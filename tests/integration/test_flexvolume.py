@@ -105,7 +105,10 @@ class Kubelet:
 def _how_it_ended(returncode: int) -> str:
     """The driver's exit status, or the signal that killed it, for assertion messages."""
     if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name}"
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-returncode}"
     return f"exit status {returncode}"
 
 
