@@ -30,7 +30,7 @@ from mount_core.errors import HepvolError, MountFailed, MountTimeout, StateError
 from mount_core.kernel import Kernel
 from mount_core.ledger import BackingRow, ConsumerRow, Ledger
 from mount_core.ledger_schema import BackingState, ConsumerState
-from mount_core.locks import LockDir
+from mount_core.locks import LockDir, check_held
 from mount_core.logs import event
 from mount_core.mountinfo import MountEntry, MountTable
 from mount_core.probe import Condition, ProbeResult
@@ -153,6 +153,7 @@ class BackingService:
         if entry is not None and os.path.basename(path) == spec.key:
             event(log, "adopting existing backing mount", volume=spec.key, path=path)
         else:
+            check_held()
             self.ledger.put_backing(spec.key, backend.name, spec.to_public(), path,
                                     BackingState.MOUNTING, boot_id=self.kernel.boot_id())  # fmt: skip
             try:
@@ -186,6 +187,7 @@ class BackingService:
 
     def unmount(self, row: BackingRow) -> None:
         """Unmount a backing mount that has no consumers and forget it (exclusive lock)."""
+        check_held()
         self.ledger.set_backing_state(row.key, BackingState.UNMOUNTING)
         self.backends.named(row.backend).unmount(row.path)
         self._remove_mount_dir(row.path)
@@ -208,6 +210,7 @@ class BackingService:
                 f"the definition of {row.key} was lost with the ledger, so it cannot be "
                 "mounted again; publishing the volume again records it"
             )
+        check_held()
         with contextlib.suppress(OSError):
             self.kernel.unmount(row.path, lazy=True)
         self.ledger.set_backing_state(row.key, BackingState.MOUNTING)
@@ -300,6 +303,7 @@ class BackingService:
         """Record a new consumer at ``target`` and bind the backing mount there (spec and
         target locks held). On failure nothing of it is kept: row, bind, created directory."""
         roots = self.config.target_roots
+        check_held()
         with targets.open_target(target, roots, create=True) as opened:
             try:
                 row_id = self.ledger.add_consumer(
@@ -357,6 +361,7 @@ class BackingService:
 
     def _bind(self, backing: BackingRow, subpath: str, target_fd: int, readonly: bool) -> None:
         with self.open_source(backing, subpath) as source:
+            check_held()
             self._bind_from(backing, source.fd, target_fd, readonly)
 
     def _bind_from(
@@ -383,6 +388,7 @@ class BackingService:
         # The source first: if the new mount lacks it, the target keeps what it has (a
         # dead mount answers I/O errors), rather than being emptied and left so.
         with self.open_source(backing, consumer.subpath) as source:
+            check_held()
             if table.at(consumer.target) is not None:
                 self.unbind(consumer.target)
             roots = self.config.target_roots
@@ -420,6 +426,7 @@ class BackingService:
         Returns how many consumers its backing mount has left (-1: already gone).
         """
         if row.target is not None:
+            check_held()
             self.ledger.set_consumer_state(row.id, ConsumerState.RELEASING)
             try:
                 self.unbind(row.target, remove_dir=row.created_target)

@@ -52,6 +52,11 @@ class Busy(HepvolError):
     """Another operation on the same volume holds its lock; try again."""
 
 
+class LockLost(Busy):
+    """A lock file was removed or replaced while held (the state dir was damaged), so
+    another call may have run alongside: nothing more was done; try again."""
+
+
 class MountFailed(HepvolError):
     """A backend could not mount or unmount; the message quotes the client's words."""
 

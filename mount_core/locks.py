@@ -8,6 +8,12 @@ the lock when a holder dies, even by ``kill -9``). Waits are bounded.
 
 Consumers arriving at or leaving a mounted volume hold the lock shared and run in
 parallel; mounting, unmounting and repairing hold it exclusive.
+
+If the lock directory is removed under running daemons, the next caller locks a
+fresh file and no longer excludes a holder of the old one. So a holder checks
+(:func:`check_held`) that the path still names its file before each act on the
+kernel, and a call that fails while its lock is gone raises :class:`LockLost`
+(retryable): the caller starts over under the fresh lock, deciding anew.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mount_core import rootdirs
-from mount_core.errors import Busy, StateError
+from mount_core.errors import Busy, HepvolError, LockLost, StateError
 from mount_core.statedir import StateDir
 
 
@@ -65,6 +71,41 @@ class _SharedLock:
 
 _local_locks: dict[str, _SharedLock] = {}
 _guard = threading.Lock()
+#: The lock files this thread holds: key -> (descriptor, path; "" once discarded).
+_held = threading.local()
+
+
+def _held_here() -> dict[str, tuple[int, str]]:
+    held: dict[str, tuple[int, str]] | None = getattr(_held, "files", None)
+    if held is None:
+        held = _held.files = {}
+    return held
+
+
+def _intact(key: str) -> bool:
+    """True unless the lock file this thread holds for ``key`` is no longer its path's
+    (a file the holder discarded itself is not lost)."""
+    fd, path = _held_here()[key]
+    return not path or _same_file(fd, path)
+
+
+def _lost(key: str) -> LockLost:
+    return LockLost(
+        f"the lock file of {key} was removed while held (the state dir's lock directory "
+        "was damaged), so another call may have run alongside; nothing more was done, "
+        "try again"
+    )
+
+
+def check_held() -> None:
+    """Raise :class:`LockLost` unless every lock this thread holds is still its path's file.
+
+    Called before acting on the kernel: past this point, a holder of the old file
+    and one of a fresh file would both act on the same target or mount.
+    """
+    for key in _held_here():
+        if not _intact(key):
+            raise _lost(key)
 
 
 def _thread_lock(name: str) -> _SharedLock:
@@ -152,9 +193,21 @@ class LockDir:
         try:
             path = self.state.lock_file(key)
             fd = lock_file(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline, key)
+            held = _held_here()
+            held[key] = (fd, path)
             try:
                 yield
+            except HepvolError:
+                if not _intact(key):
+                    raise _lost(key) from None
+                raise
+            except OSError as exc:
+                # An ENOENT or the like of a call that ran alongside another: retryable.
+                if not _intact(key):
+                    raise _lost(key) from exc
+                raise
             finally:
+                held.pop(key, None)
                 os.close(fd)
         finally:
             local.release(shared)
@@ -163,7 +216,15 @@ class LockDir:
         """Remove the lock file of ``key`` once its volume is gone (lock held exclusively).
 
         Otherwise every volume ever mounted leaves a file behind; a waiter that
-        opened the old file notices and locks the new one (:func:`lock_file`).
+        opened the old file notices and locks the new one (:func:`lock_file`). A
+        file that is not the one held (made anew after the lock directory was
+        removed) is another holder's: it stays.
         """
+        path = self.state.lock_file(key)
+        held = _held_here()
+        if key in held:
+            if not _intact(key):
+                return
+            held[key] = (held[key][0], "")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.state.lock_file(key))
+            os.unlink(path)

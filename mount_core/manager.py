@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mount_core import rootdirs, targets
 from mount_core.backends import Backends
 from mount_core.backing import BackingService, BackingUnreachable, serving_path
 from mount_core.config import Config
 from mount_core.consumer import Consumer, stale, stale_message
-from mount_core.errors import Conflict, HepvolError, NotFound
+from mount_core.errors import Conflict, HepvolError, LockLost, NotFound
 from mount_core.kernel import Kernel
 from mount_core.ledger import RECOVERED, Ledger
 from mount_core.ledger import ConsumerRow as ConsumerRow  # what the questions answer
@@ -46,6 +46,22 @@ OperationObserver = Callable[[str, str, float, bool], None]
 
 def _ignore(op: str, key: str, seconds: float, ok: bool) -> None:
     return None
+
+
+T = TypeVar("T")
+
+
+def _again_if_lock_lost(call: Callable[[], T]) -> T:
+    """Run ``call`` once more when a lock it held was removed under it (state damage).
+
+    The second run takes fresh locks and decides anew from the ledger and the
+    kernel; losing a lock again answers :class:`LockLost` (retryable).
+    """
+    try:
+        return call()
+    except LockLost as exc:
+        event(log, f"{exc}: starting over", volume=None, consumer=None, level=logging.WARNING)
+        return call()
 
 
 @dataclass(frozen=True)
@@ -139,17 +155,20 @@ class MountManager:
 
         Idempotent per consumer, except Docker consumers, which count each call.
         """
-        service = self.service
         with self._operation("acquire", spec.key, consumer.id):
-            path = None
-            if consumer.multiset:
-                with service.locked(spec.key, shared=True):
-                    path = self._acquire_locked(spec, consumer, may_mount=False)
-            if path is None:
-                with service.locked(spec.key):
-                    path = self._acquire_locked(spec, consumer, may_mount=True)
-            assert path is not None
-            return path
+            return _again_if_lock_lost(lambda: self._acquire(spec, consumer))
+
+    def _acquire(self, spec: VolumeSpec, consumer: Consumer) -> str:
+        service = self.service
+        path = None
+        if consumer.multiset:
+            with service.locked(spec.key, shared=True):
+                path = self._acquire_locked(spec, consumer, may_mount=False)
+        if path is None:
+            with service.locked(spec.key):
+                path = self._acquire_locked(spec, consumer, may_mount=True)
+        assert path is not None
+        return path
 
     def _acquire_locked(
         self, spec: VolumeSpec, consumer: Consumer, *, may_mount: bool
@@ -189,15 +208,19 @@ class MountManager:
         service = self.service
         with self._operation("publish", spec.key, consumer.id):
             try:
-                with service.locked(spec.key, shared=True), service.target_locked(target):
-                    done = self._publish_locked(spec, consumer, target, readonly, may_mount=False)
-                if not done:
-                    with service.locked(spec.key), service.target_locked(target):
-                        self._publish_locked(spec, consumer, target, readonly, may_mount=True)
+                _again_if_lock_lost(lambda: self._publish(spec, consumer, target, readonly))
             except BaseException:
                 service.settle(spec.key)
                 raise
             return Published(target, readonly, spec.source)
+
+    def _publish(self, spec: VolumeSpec, consumer: Consumer, target: str, readonly: bool) -> None:
+        service = self.service
+        with service.locked(spec.key, shared=True), service.target_locked(target):
+            done = self._publish_locked(spec, consumer, target, readonly, may_mount=False)
+        if not done:
+            with service.locked(spec.key), service.target_locked(target):
+                self._publish_locked(spec, consumer, target, readonly, may_mount=True)
 
     def _publish_locked(
         self, spec: VolumeSpec, consumer: Consumer, target: str, readonly: bool, *, may_mount: bool
@@ -240,14 +263,20 @@ class MountManager:
             return False
         key = rows[-1].key
         with self._operation("release", key, consumer.id):
-            with self.service.locked(key, shared=True):
-                current = [r for r in self.ledger.consumers_named(consumer.id) if r.key == key]
-                if not current:
-                    return False
-                left = self.service.release_target(current[-1])
+            left = _again_if_lock_lost(lambda: self._release_held(key, consumer))
+            if left is None:
+                return False
             if left == 0:
-                self.service.settle(key)
+                _again_if_lock_lost(lambda: self.service.settle(key))
             return True
+
+    def _release_held(self, key: str, consumer: Consumer) -> int | None:
+        """Drop the newest hold of ``consumer`` on ``key``: how many the volume has left."""
+        with self.service.locked(key, shared=True):
+            current = [r for r in self.ledger.consumers_named(consumer.id) if r.key == key]
+            if not current:
+                return None
+            return self.service.release_target(current[-1])
 
     def unpublish(self, target: str) -> bool:
         """Unpublish whatever hepvol published at ``target``, knowing only the path.
@@ -258,16 +287,23 @@ class MountManager:
         row = self.ledger.consumer_at(target)
         if row is None:
             return self.service.unmount_stray(target)
-        service = self.service
         with self._operation("unpublish", row.key, row.consumer):
-            with service.locked(row.key, shared=True), service.target_locked(target):
-                current = self.ledger.consumer_at(target)
-                if current is None:
-                    return False
-                left = service.release_target(current)
+            released = _again_if_lock_lost(lambda: self._release_at(row.key, target))
+            if released is None:
+                return False
+            key, left = released
             if left == 0:
-                service.settle(current.key)
+                _again_if_lock_lost(lambda: self.service.settle(key))
             return True
+
+    def _release_at(self, key: str, target: str) -> tuple[str, int] | None:
+        """Release the consumer at ``target``: its volume's key and how many it has left."""
+        service = self.service
+        with service.locked(key, shared=True), service.target_locked(target):
+            current = self.ledger.consumer_at(target)
+            if current is None:
+                return None
+            return current.key, service.release_target(current)
 
     # Questions -------------------------------------------------------------------
 
