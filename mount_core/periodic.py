@@ -22,6 +22,8 @@ class Periodic(ABC):
         self.interval = interval
         self._log = log
         self._stop = threading.Event()
+        # start() and stop() may race (a gunicorn worker told to exit while it starts).
+        self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @abstractmethod
@@ -38,13 +40,16 @@ class Periodic(ABC):
                 )
 
     def start(self) -> None:
-        """Start the thread (exactly one per process and duty should)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
-            self._thread.start()
+        """Start the thread (exactly one per process and duty should); not after stop()."""
+        with self._guard:
+            if self._thread is None and not self._stop.is_set():
+                thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+                thread.start()
+                self._thread = thread
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        with self._guard:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
